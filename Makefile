@@ -1,0 +1,58 @@
+# The two commands a new user runs are `make demo` and `make test`; everything they need is installed
+# or built by the targets below (the first run builds Kubernetes and Cluster API from source: see README).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOSTS  ?= 5
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@echo "[make] creating $(VENV) with the provider and lab dependencies"
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Python virtualenv with the provider and lab dependencies
+
+.PHONY: system-deps
+system-deps: ## Debian packages the lab needs (ipmitool, freeipmi-tools, openssh-server)
+	@hack/install-system-deps.sh
+
+.PHONY: tools
+tools: ## build etcd, Kubernetes, Cluster API, KWOK, cluster-autoscaler from source (cached)
+	@hack/build-tools.sh
+
+.PHONY: deps
+deps: venv system-deps tools
+
+.PHONY: test
+test: deps ## everything needed, then the whole default suite (unit, lab, cluster, e2e)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: venv ## pure-logic tests only (no cluster)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-slow
+test-slow: deps ## the long e2e/scale tests left out of the default run
+	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+
+.PHONY: lab-up
+lab-up: deps ## start the lab in the background (HOSTS=n); kubeconfig in .lab/kubeconfig
+	$(PY) -m lab up --dir .lab --hosts $(HOSTS)
+
+.PHONY: lab-down
+lab-down: ## stop everything lab-up started
+	@$(PY) -m lab down --dir .lab
+
+.PHONY: lint
+lint: venv ## ruff
+	$(VENV)/bin/ruff check capi_provider hack tests
+	$(VENV)/bin/ruff format --check capi_provider hack tests

@@ -1,0 +1,3 @@
+"""Cluster API infrastructure provider for bare-metal servers."""
+
+__version__ = "0.1.0"

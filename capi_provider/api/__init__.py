@@ -1,0 +1,44 @@
+"""Names every part of the provider agrees on: API group/version, kinds, finalizers, labels, annotations."""
+
+GROUP = "infrastructure.cluster.x-k8s.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+# The CAPI contract this provider implements; the CRD label `cluster.x-k8s.io/v1beta2: v1alpha1` says so.
+CONTRACT = "v1beta2"
+
+CAPI_GROUP = "cluster.x-k8s.io"
+CAPI_VERSION = "v1beta2"
+BOOTSTRAP_GROUP = "bootstrap.cluster.x-k8s.io"
+
+HOSTS = "baremetalhosts"
+MACHINES = "baremetalmachines"
+CLUSTERS = "baremetalclusters"
+MACHINE_TEMPLATES = "baremetalmachinetemplates"
+CLUSTER_TEMPLATES = "baremetalclustertemplates"
+
+# CAPI's own finalizer naming convention (<kind>.<group>).
+MACHINE_FINALIZER = f"baremetalmachine.{GROUP}"
+CLUSTER_FINALIZER = f"baremetalcluster.{GROUP}"
+# kopf keeps one finalizer per operator; ours carries the provider's name so it is recognisable.
+KOPF_FINALIZER = "capi-provider-baremetal.infrastructure.cluster.x-k8s.io/kopf"
+KOPF_ANNOTATION_PREFIX = "capi-provider-baremetal.infrastructure.cluster.x-k8s.io"
+
+# CAPI labels and annotations we read.
+CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"
+CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
+PAUSED_ANNOTATION = "cluster.x-k8s.io/paused"
+MANAGED_BY_ANNOTATION = "cluster.x-k8s.io/managed-by"
+
+# Host labels an operator sets for topology; the failure-domain one is what Machine.spec.failureDomain matches.
+FAILURE_DOMAIN_LABEL = f"{GROUP}/failure-domain"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+REGION_LABEL = "topology.kubernetes.io/region"
+RACK_LABEL = f"{GROUP}/rack"
+
+# Set on a BareMetalMachine once it holds a host: `<namespace>/<host name>` (survives clusterctl move,
+# which copies no status).
+HOST_ANNOTATION = f"{GROUP}/baremetalhost"
+# Pauses one host's controller (e.g. while an operator works on the box).
+HOST_PAUSED_ANNOTATION = f"{GROUP}/paused"
+
+PROVIDER_ID_SCHEME = "baremetal"

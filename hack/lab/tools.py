@@ -1,0 +1,96 @@
+"""Where the lab's binaries are: the cache filled by hack/build-tools.sh, or what the user points at.
+
+Resolution order per tool: `<NAME>_BIN` (e.g. KUBE_APISERVER_BIN), then `KUBEBUILDER_ASSETS/<name>` for the
+envtest trio, then `${CAPBM_CACHE:-~/.cache/capi-provider-baremetal}/bin/<name>-<pinned version>`.
+The pinned versions live in hack/versions.env, shared with the build script.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HACK_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = HACK_DIR.parent
+
+
+def versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in (HACK_DIR / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key] = value
+    return out
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CAPBM_CACHE", Path.home() / ".cache" / "capi-provider-baremetal"))
+
+
+# tool name -> the versions.env key its cached file name carries
+_TOOL_VERSION_KEY = {
+    "etcd": "ETCD_VERSION",
+    "kube-apiserver": "KUBERNETES_VERSION",
+    "kube-controller-manager": "KUBERNETES_VERSION",
+    "kube-scheduler": "KUBERNETES_VERSION",
+    "kubectl": "KUBERNETES_VERSION",
+    "capi-manager": "CAPI_VERSION",
+    "capi-kubeadm-bootstrap": "CAPI_VERSION",
+    "capi-kubeadm-control-plane": "CAPI_VERSION",
+    "clusterctl": "CAPI_VERSION",
+    "kwok": "KWOK_VERSION",
+    "cluster-autoscaler": "AUTOSCALER_VERSION",
+}
+_ENVTEST_ASSETS = {"etcd", "kube-apiserver", "kubectl"}
+
+
+class ToolMissing(RuntimeError):
+    pass
+
+
+def tool(name: str) -> Path:
+    override = os.environ.get(name.upper().replace("-", "_") + "_BIN")
+    if override:
+        return Path(override)
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets and name in _ENVTEST_ASSETS and (Path(assets) / name).exists():
+        return Path(assets) / name
+    path = cache_dir() / "bin" / f"{name}-{versions()[_TOOL_VERSION_KEY[name]]}"
+    if not path.exists():
+        raise ToolMissing(f"{name} is not built: run `make tools` (or hack/build-tools.sh), or set the *_BIN variable")
+    return path
+
+
+def available(name: str) -> bool:
+    try:
+        return tool(name).exists()
+    except ToolMissing:
+        return False
+
+
+@dataclass(frozen=True)
+class CapiManifests:
+    """Cluster API's CRDs and webhook manifests, copied out of the module cache by the build script."""
+
+    root: Path
+
+    @classmethod
+    def locate(cls) -> CapiManifests:
+        override = os.environ.get("CAPI_CONFIG_DIR")
+        root = Path(override) if override else cache_dir() / f"capi-config-{versions()['CAPI_VERSION']}"
+        if not root.is_dir():
+            raise ToolMissing(f"Cluster API manifests missing at {root}: run `make tools`")
+        return cls(root)
+
+    def crds(self, component: str) -> list[Path]:
+        return sorted((self.root / component / "crd" / "bases").glob("*.yaml"))
+
+    def webhooks(self, component: str) -> Path:
+        return self.root / component / "webhook" / "manifests.yaml"
+
+
+def kwok_stages_dir() -> Path:
+    override = os.environ.get("KWOK_STAGES_DIR")
+    return Path(override) if override else cache_dir() / f"kwok-stages-{versions()['KWOK_VERSION']}"
