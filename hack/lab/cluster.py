@@ -128,7 +128,9 @@ class ManagementCluster:
             server=True,
         ).write(self.pki, "apiserver")
         ca.issue("lab-admin", organizations=("system:masters",), client=True).write(self.pki, "admin")
-        ca.issue("webhooks", dns_names=("localhost",), ips=("127.0.0.1",), server=True).write(self.pki, "webhook")
+        ca.issue("webhooks", dns_names=("localhost",), ips=("127.0.0.1",), server=True).write(
+            self.pki, "webhook"
+        )
         wh = self.pki / "webhook-serving"
         wh.mkdir(exist_ok=True)
         (wh / "tls.crt").write_bytes((self.pki / "webhook.crt").read_bytes())
@@ -140,7 +142,12 @@ class ManagementCluster:
         self.write_kubeconfig(self.kubeconfig, "lab-admin", self.pki / "admin.crt", self.pki / "admin.key")
 
     def write_kubeconfig(
-        self, path: Path, user: str, cert: Path | None = None, key: Path | None = None, token: str | None = None
+        self,
+        path: Path,
+        user: str,
+        cert: Path | None = None,
+        key: Path | None = None,
+        token: str | None = None,
     ) -> Path:
         creds: dict[str, str] = {}
         if cert and key:
@@ -191,7 +198,11 @@ class ManagementCluster:
             self.logs,
         ).start()
         wait_until(
-            "etcd", lambda: http_ok(f"http://127.0.0.1:{client}/health"), 30, [self.procs["etcd"]], interval=0.1
+            "etcd",
+            lambda: http_ok(f"http://127.0.0.1:{client}/health"),
+            30,
+            [self.procs["etcd"]],
+            interval=0.1,
         )
 
     def _start_apiserver(self) -> None:
@@ -286,8 +297,9 @@ class ManagementCluster:
         procs = [self.procs[n] for n in ("kube-apiserver", "kube-controller-manager") if n in self.procs]
         wait_until(
             "kube-controller-manager (default ServiceAccount)",
-            lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode
-            == 0,
+            lambda: (
+                self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+            ),
             60,
             procs,
             interval=0.5,
@@ -304,9 +316,11 @@ class ManagementCluster:
             port = self.ports[f"capi-{comp}-webhook"] = free_port()
             self.ports[f"capi-{comp}-health"] = free_port()
             url = f"https://127.0.0.1:{port}"
+            labels = manifests.crd_labels(src)
             for path in manifests.crds(src):
                 for crd in yaml.safe_load_all(path.read_text()):
                     if crd:
+                        crd["metadata"].setdefault("labels", {}).update(labels)
                         docs.append(webhook_conversion(crd, url, ca_bundle))
             for cfg in yaml.safe_load_all(manifests.webhooks(src).read_text()):
                 if cfg:
@@ -364,7 +378,12 @@ class ManagementCluster:
     def apply_docs(self, docs: list[dict[str, Any]]) -> None:
         if docs:
             self.kubectl(
-                "apply", "--server-side", "--force-conflicts", "--field-manager=lab", "-f", "-",
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=lab",
+                "-f",
+                "-",
                 input=yaml.safe_dump_all(docs),
             )
 

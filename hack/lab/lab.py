@@ -17,7 +17,9 @@ from lab.cluster import LabOptions, ManagementCluster
 class LabConfig:
     workdir: Path
     hosts: int = 5
-    cluster: LabOptions = field(default_factory=lambda: LabOptions(scheduler=True, control_plane_provider=True))
+    cluster: LabOptions = field(
+        default_factory=lambda: LabOptions(scheduler=True, control_plane_provider=True)
+    )
 
 
 class Lab:

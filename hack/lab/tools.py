@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 HACK_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = HACK_DIR.parent
 
@@ -86,6 +88,15 @@ class CapiManifests:
 
     def crds(self, component: str) -> list[Path]:
         return sorted((self.root / component / "crd" / "bases").glob("*.yaml"))
+
+    def crd_labels(self, component: str) -> dict[str, str]:
+        """Labels the component's kustomization adds to its CRDs (the contract labels CAPI resolves
+        bootstrap/control-plane references with)."""
+        kustomization = yaml.safe_load((self.root / component / "crd" / "kustomization.yaml").read_text())
+        labels: dict[str, str] = {}
+        for entry in kustomization.get("labels", []):
+            labels.update(entry.get("pairs", {}))
+        return labels
 
     def webhooks(self, component: str) -> Path:
         return self.root / component / "webhook" / "manifests.yaml"

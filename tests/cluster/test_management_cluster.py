@@ -152,7 +152,7 @@ def test_machinedeployment_creates_machines_and_kubeadmconfigs(
             "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2",
             "kind": "KubeadmConfigTemplate",
             "metadata": {"name": "workers", "namespace": namespace},
-            "spec": {"template": {"spec": {}}},
+            "spec": {"template": {"spec": {"format": "cloud-config"}}},
         },
         {
             "apiVersion": "cluster.x-k8s.io/v1beta2",

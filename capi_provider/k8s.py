@@ -1,0 +1,132 @@
+"""Kubernetes API access for the controllers: the official client, always off kopf's event loop.
+
+Kopf watches; this adapter does the few reads and writes reconciliation needs (get a Machine, read a
+Secret, claim a host). Every call runs in a small dedicated thread pool, and every call is counted so a
+benchmark can prove the idle controller is not polling the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import functools
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+T = TypeVar("T")
+
+
+class Conflict(Exception):
+    """Someone else changed the object first (HTTP 409, or a failed JSON-patch `test`)."""
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SecretData:
+    data: dict[str, bytes]
+    resource_version: str
+
+    def __repr__(self) -> str:  # never print secret material, even in a traceback
+        return f"SecretData(keys={sorted(self.data)}, resource_version={self.resource_version!r})"
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient, threads: int = 16) -> None:
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="kube")
+        self.calls: Counter[str] = Counter()
+
+    async def _run(self, verb: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self.calls[verb] += 1
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except ApiException as e:
+            if e.status == 404:
+                raise NotFound(f"{verb}: not found") from None
+            if e.status in (409, 422) and (e.status == 409 or "test" in (e.body or "")):
+                raise Conflict(f"{verb}: conflict") from None
+            raise
+
+    # ------------------------------------------------------------------ custom objects
+    async def get(self, group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._run(
+                f"get {plural}", self.custom.get_namespaced_custom_object, group, version, namespace, plural, name
+            )
+        except NotFound:
+            return None
+
+    async def list(
+        self, group: str, version: str, plural: str, namespace: str, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        res = await self._run(
+            f"list {plural}",
+            self.custom.list_namespaced_custom_object,
+            group,
+            version,
+            namespace,
+            plural,
+            label_selector=label_selector,
+        )
+        return list(res.get("items", []))
+
+    async def patch(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        body: dict[str, Any] | list[dict[str, Any]],
+        *,
+        status: bool = False,
+    ) -> dict[str, Any]:
+        """Merge-patch for a dict body, JSON-patch for a list of operations (the client picks by type)."""
+        fn = (
+            self.custom.patch_namespaced_custom_object_status
+            if status
+            else self.custom.patch_namespaced_custom_object
+        )
+        return await self._run(f"patch {plural}{'/status' if status else ''}", fn, group, version, namespace,
+                               plural, name, body)
+
+    # ------------------------------------------------------------------ core
+    async def get_secret(self, namespace: str, name: str) -> SecretData | None:
+        try:
+            s = await self._run("get secrets", self.core.read_namespaced_secret, name, namespace)
+        except NotFound:
+            return None
+        data = {k: base64.b64decode(v) for k, v in (s.data or {}).items()}
+        return SecretData(data, s.metadata.resource_version)
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            cm = await self._run("get configmaps", self.core.read_namespaced_config_map, name, namespace)
+        except NotFound:
+            return None
+        return dict(cm.data or {})
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
