@@ -16,12 +16,11 @@ CLUSTERS = "baremetalclusters"
 MACHINE_TEMPLATES = "baremetalmachinetemplates"
 CLUSTER_TEMPLATES = "baremetalclustertemplates"
 
-# CAPI's own finalizer naming convention (<kind>.<group>).
-MACHINE_FINALIZER = f"baremetalmachine.{GROUP}"
-CLUSTER_FINALIZER = f"baremetalcluster.{GROUP}"
-# kopf keeps one finalizer per operator; ours carries the provider's name so it is recognisable.
-KOPF_FINALIZER = "capi-provider-baremetal.infrastructure.cluster.x-k8s.io/kopf"
-KOPF_ANNOTATION_PREFIX = "capi-provider-baremetal.infrastructure.cluster.x-k8s.io"
+# kopf keeps one finalizer per operator (on machines and hosts); named like CAPT's, after the group.
+FINALIZER = f"{GROUP}/baremetal"
+# Where kopf keeps handler progress and its diff base: annotations, because CAPI-style strict status
+# schemas would prune anything kopf wrote into status.
+KOPF_ANNOTATION_PREFIX = f"baremetal.{GROUP}"
 
 # CAPI labels and annotations we read.
 CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"

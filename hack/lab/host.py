@@ -25,7 +25,6 @@ import random
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -51,7 +50,7 @@ LAB_DIR = Path(__file__).resolve().parent
 HOSTSHELL = LAB_DIR / "hostshell.sh"
 STANDINS_BIN = LAB_DIR / "standins" / "bin"
 SSHD = Path("/usr/sbin/sshd")
-# The paths each host has its own copy of (hostshell.sh mounts them; keep the two lists in sync).
+# The paths each host has its own copy of, at <root_dir>/<path> (hostshell.sh mounts them).
 HOST_PATHS = (
     "/etc/kubernetes",
     "/etc/lab",
@@ -91,6 +90,7 @@ class LabHostSpec:
     workload_kubeconfig: Path | None = None  # lab admin credentials: lets the host start/stop its "kubelet"
     apiserver_url: str | None = None  # kubeadm init's fallback when the config has no controlPlaneEndpoint
     kubelet_version: str | None = None  # reported in Node.status.nodeInfo
+    discovery_timeout_s: float | None = None  # overrides kubeadm's (5m default): fail fast in a broken lab
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -278,7 +278,7 @@ class LabHost:
                 self._boot_failed(f"cannot start sshd: {e}")
                 return
         deadline = time.monotonic() + _SSHD_LISTEN_TIMEOUT_S
-        while not _listening(self.spec.ssh_address, self.spec.ssh_port):
+        while not _listening(proc.pid, self.spec.ssh_address, self.spec.ssh_port):
             if cancel.is_set():
                 return
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -363,6 +363,7 @@ class LabHost:
             else None,
             "apiserverURL": self.spec.apiserver_url,
             "kubeletVersion": self.spec.kubelet_version,
+            "discoveryTimeoutSeconds": self.spec.discovery_timeout_s,
         }
 
     def _ensure_disk_image(self, fs: HostFS, disk: dict[str, Any]) -> None:
@@ -390,7 +391,15 @@ class LabHost:
         sshd_dir = self.root / "sshd"
         force = " ".join(
             shlex.quote(str(a))
-            for a in ("/bin/sh", HOSTSHELL, self.root, self._python, LAB_DIR.parent, STANDINS_BIN)
+            for a in (
+                "/bin/sh",
+                HOSTSHELL,
+                self.root,
+                self._python,
+                LAB_DIR.parent,
+                STANDINS_BIN,
+                *HOST_PATHS,
+            )
         )
         return "\n".join(
             [
@@ -457,10 +466,13 @@ def _ensure_host_key(path: Path) -> str:
     return public
 
 
-def _listening(address: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.2):
-        return True
-    return False
+def _listening(pid: int, address: str, port: int) -> bool:
+    # Asked of the kernel rather than by connecting: a probe connection would show up in sshd's log.
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp4")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and tuple(c.laddr) == (address, port) for c in conns)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -1,10 +1,11 @@
 #!/bin/sh
 # The shell of a simulated lab host: sshd runs every session through this (ForceCommand, see host.py).
 #
-#   hostshell.sh <host root> <python> <pythonpath> <stand-ins bin dir>
+#   hostshell.sh <host root> <python> <pythonpath> <stand-ins bin dir> <private path>...
 #
 # Several lab hosts share one machine, so each session gets its own mount and UTS namespace in which the
-# host's private directories (<host root>/<path>) are bind-mounted over the paths provisioning touches.
+# host's private directories (<host root>/<path>) are bind-mounted over the given paths (host.py's
+# HOST_PATHS: the ones provisioning touches).
 # /dev is replaced too: disks are image files under <host root>/dev, so a "wipe" over SSH can never reach
 # a real disk of the machine running the lab. Then $SSH_ORIGINAL_COMMAND runs with bash (or an interactive
 # bash without one); stdin/stdout/stderr and the exit code pass straight through (everything is exec'd).
@@ -15,9 +16,9 @@ if [ "${1:-}" != "--in-namespace" ]; then
 fi
 shift
 root=$1 python=$2 pythonpath=$3 bindir=$4
+shift 4
 
-# Per-host copies of the paths provisioning reads and writes. (Keep in sync with HOST_PATHS in host.py.)
-for d in /etc/kubernetes /etc/lab /var/lib/cloud /var/lib/kubelet /var/log /run/kubeadm /run/cluster-api /run/cloud-init; do
+for d in "$@"; do
 	mkdir -p "$root$d" "$d"
 	mount --bind "$root$d" "$d"
 done

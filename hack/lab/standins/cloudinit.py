@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -262,8 +263,14 @@ def _run_teed(ctx: Context, command: str) -> int:
         return proc.wait()
 
 
+_TOKEN_RE = re.compile(r"\b([a-z0-9]{6})\.[a-z0-9]{16}\b")
+
+
 def _short(command: str) -> str:
+    """A command for logs and errors: first line, shortened, bootstrap tokens redacted (a runcmd could
+    carry one inline, e.g. `kubeadm join --token ...`)."""
     line = command.strip().splitlines()[0] if command.strip() else ""
+    line = _TOKEN_RE.sub(r"\1.<redacted>", line)
     return line if len(line) <= 160 else line[:157] + "..."
 
 

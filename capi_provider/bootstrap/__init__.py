@@ -1,0 +1,1 @@
+"""Turning CAPI bootstrap data into what a bare-metal host boots with (a cloud-init NoCloud seed)."""

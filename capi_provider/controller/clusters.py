@@ -1,0 +1,80 @@
+"""BareMetalCluster: there is no cluster-wide hardware to create, so it is ready as soon as it says where the
+control plane is; it publishes its failure domains and honours pause."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from capi_provider import api
+from capi_provider.controller.context import Context, ObjKey
+from capi_provider.reconcile.conditions import READY, same_ignoring_time, set_condition
+from capi_provider.reconcile.machine import paused_condition
+
+KIND = "cluster"
+
+
+def owner_cluster_name(body: Any) -> str | None:
+    for ref in body["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") == "Cluster" and ref.get("apiVersion", "").startswith(api.CAPI_GROUP + "/"):
+            return str(ref["name"])
+    return None
+
+
+async def reconcile_cluster(ctx: Context, body: Any) -> float:
+    key = ObjKey.of(body)
+    generation = body["metadata"].get("generation")
+    current = dict(body.get("status") or {})
+    status: dict[str, Any] = {}
+    owner = owner_cluster_name(body)
+    cluster = (
+        await ctx.kube.get(api.CAPI_GROUP, api.CAPI_VERSION, "clusters", key.namespace, owner) if owner else None
+    )
+    paused = api.PAUSED_ANNOTATION in (body["metadata"].get("annotations") or {}) or bool(
+        cluster and (cluster.get("spec") or {}).get("paused")
+    )
+    conds = paused_condition(current.get("conditions"), paused, generation)
+    if not paused:
+        spec = body.get("spec") or {}
+        endpoint = spec.get("controlPlaneEndpoint") or {}
+        cluster_endpoint = ((cluster or {}).get("spec") or {}).get("controlPlaneEndpoint") or {}
+        if owner is None:
+            conds = set_condition(conds, READY, False, "WaitingForClusterOwner", "no CAPI Cluster owns this yet",
+                                  generation)
+        elif endpoint.get("host") or cluster_endpoint.get("host"):
+            conds = set_condition(conds, READY, True, "Ready", "", generation)
+            status["initialization"] = {"provisioned": True}
+            if spec.get("failureDomains"):
+                status["failureDomains"] = spec["failureDomains"]
+        else:
+            conds = set_condition(conds, READY, False, "WaitingForControlPlaneEndpoint",
+                                  "set spec.controlPlaneEndpoint here or on the Cluster", generation)
+    status["conditions"] = conds
+    changed = not same_ignoring_time(current.get("conditions"), conds) or any(
+        current.get(k) != v for k, v in status.items() if k != "conditions"
+    )
+    if changed:
+        await ctx.kube.patch(api.GROUP, api.VERSION, api.CLUSTERS, key.namespace, key.name, {"status": status},
+                             status=True)
+    return 600.0
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.CLUSTERS, id="cluster", cancellation_timeout=2.0)
+async def cluster_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo,
+                         logger: logging.Logger, **_: Any) -> None:
+    ctx: Context = memo.ctx
+    key = ObjKey.of(body)
+    while not stopped:
+        try:
+            delay = await reconcile_cluster(ctx, body)
+        except Exception:  # noqa: BLE001
+            logger.exception("reconcile of %s failed; retrying", key)
+            delay = 30.0
+        await ctx.wakers.sleep(KIND, key, delay, stopped)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.CLUSTERS, id="bmcluster-changed")
+def bmcluster_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.ctx.wakers.wake(KIND, ObjKey.of(body))

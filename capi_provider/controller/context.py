@@ -1,0 +1,93 @@
+"""What every handler shares (kopf's operator memo carries one `Context`): API and BMC/SSH access, the
+in-memory wake-ups between objects, and the claims this replica made but has not yet seen come back.
+
+Nothing here is the source of truth: the API objects are. A restart rebuilds all of it from watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from capi_provider.bmc.runner import BmcRunner
+from capi_provider.config import Settings
+from capi_provider.k8s import Kube
+
+
+class ObjKey(NamedTuple):
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def of(cls, body: Any) -> ObjKey:
+        return cls(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+class Wakers:
+    """One event per object: anything that may change an object's next step sets it; its daemon waits on it.
+
+    Events are cheap and level-triggered: a set before the daemon starts waiting is not lost.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, ObjKey], asyncio.Event] = {}
+
+    def event(self, kind: str, key: ObjKey) -> asyncio.Event:
+        ev = self._events.get((kind, key))
+        if ev is None:
+            ev = self._events[(kind, key)] = asyncio.Event()
+        return ev
+
+    def wake(self, kind: str, key: ObjKey) -> None:
+        self.event(kind, key).set()
+
+    def wake_all(self, kind: str, keys: Iterable[ObjKey] | None = None) -> None:
+        for (k, key), ev in list(self._events.items()):
+            if k == kind and (keys is None or key in keys):
+                ev.set()
+
+    def wake_namespace(self, kind: str, namespace: str) -> None:
+        for (k, key), ev in list(self._events.items()):
+            if k == kind and key.namespace == namespace:
+                ev.set()
+
+    def forget(self, kind: str, key: ObjKey) -> None:
+        self._events.pop((kind, key), None)
+
+    async def sleep(self, kind: str, key: ObjKey, timeout: float, stopped: Any = None) -> None:
+        """Wait until woken, stopped (kopf's daemon flag) or `timeout` seconds pass."""
+        ev = self.event(kind, key)
+        waits = [asyncio.ensure_future(ev.wait())]
+        if stopped is not None:
+            waits.append(asyncio.ensure_future(stopped.wait()))
+        try:
+            await asyncio.wait(waits, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+        ev.clear()
+
+
+@dataclass
+class Context:
+    settings: Settings
+    kube: Kube
+    bmc: BmcRunner = field(default_factory=BmcRunner)
+    ssh: BmcRunner = field(default_factory=BmcRunner)
+    wakers: Wakers = field(default_factory=Wakers)
+    # Hosts this replica claimed, until the watch shows the claim (prevents racing its own stale view).
+    pending_claims: dict[ObjKey, ObjKey] = field(default_factory=dict)  # host -> machine
+    # Free hosts the warm-pool planner wants kept booted (computed from templates; see templates.py).
+    warm_wanted: set[ObjKey] = field(default_factory=set)
+    # Hosts last seen free (available, unclaimed): entering this set wakes machines waiting for a host.
+    free_hosts: set[ObjKey] = field(default_factory=set)
+    # Hosts whose last power operation should be recorded by the host daemon (which owns host status).
+    power_events: dict[ObjKey, dict[str, str]] = field(default_factory=dict)

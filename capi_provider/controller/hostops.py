@@ -1,0 +1,143 @@
+"""The operations provisioning and deprovisioning perform on a host, as composed BMC and SSH calls.
+
+Each function is one step an operator sees in status.steps (or one part of deprovisioning); they are
+idempotent, so re-running one after a crash is safe.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from capi_provider.api.types import BareMetalHostSpec
+from capi_provider.bmc.base import BootDevice, BmcDriver, PowerState
+from capi_provider.controller.context import Context, ObjKey
+from capi_provider.controller.hostio import HostAccessError, sudo, with_bmc, with_ssh
+from capi_provider.ssh import HostShell
+
+SEED_DIR = "/var/lib/cloud/seed/nocloud"
+SENTINEL = "/run/cluster-api/bootstrap-success.complete"
+# cloud-init's stages in order, after forgetting any earlier instance (a host reused by a new machine).
+CLOUD_INIT = (
+    "cloud-init clean --logs && cloud-init init --local && cloud-init init && "
+    "cloud-init modules --mode=config && cloud-init modules --mode=final"
+)
+_TOKEN = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
+
+
+def scrub(text: str) -> str:
+    """Remove anything shaped like a kubeadm bootstrap token from text bound for status or events."""
+    return _TOKEN.sub("<token>", text)
+
+
+async def power_on_for_provisioning(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, keep_running: bool) -> str:
+    """Boot from disk. A host that is already on is power-cycled so it starts clean, unless it is a warm-pool
+    host (booted by us after being cleaned, SSH verified), which is the whole point of keeping it warm."""
+
+    def op(driver: BmcDriver) -> str:
+        driver.set_boot_device(BootDevice.DISK, persistent=True)
+        if driver.get_power() == PowerState.ON:
+            if keep_running:
+                return "already running (warm pool)"
+            driver.power_cycle()
+            return "power cycled"
+        driver.set_power(PowerState.ON)
+        return "powered on"
+
+    return await with_bmc(ctx, host.namespace, spec, op, timeout=ctx.settings.power_settle_timeout)
+
+
+async def wait_for_ssh(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, window: float) -> None:
+    """Wait up to `window` seconds for SSH with the pinned host key (HostKeyMismatch stops at once)."""
+    await with_ssh(ctx, host, spec, lambda shell: None, wait=window, timeout=5)
+
+
+async def deliver_seed(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, files: dict[str, bytes]) -> None:
+    user = spec.ssh.user
+
+    def op(shell: HostShell) -> None:
+        for name, content in files.items():
+            if user == "root":
+                shell.write_file(f"{SEED_DIR}/{name}", content, mode=0o600, timeout=60)
+            else:
+                from capi_provider.ssh.client import write_file_command
+
+                shell.run(sudo(user, write_file_command(f"{SEED_DIR}/{name}", 0o600)), stdin=content,
+                          timeout=60, check=True)
+
+    await with_ssh(ctx, host, spec, op, timeout=120)
+
+
+class BootstrapFailed(Exception):
+    pass
+
+
+async def run_bootstrap(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> str:
+    """Run cloud-init's stages unless the sentinel says a previous run already succeeded."""
+    user = spec.ssh.user
+    check = f"test -f {SENTINEL}"
+
+    def op(shell: HostShell) -> str:
+        if shell.run(sudo(user, check), timeout=30).exit_code == 0:
+            return "already bootstrapped (sentinel present)"
+        res = shell.run(sudo(user, CLOUD_INIT), timeout=ctx.settings.bootstrap_timeout)
+        if res.exit_code != 0:
+            tail = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()[-3:]
+            raise BootstrapFailed(f"cloud-init exited {res.exit_code}: {scrub(' | '.join(tail))}")
+        if shell.run(sudo(user, check), timeout=30).exit_code != 0:
+            raise BootstrapFailed(
+                f"cloud-init finished but {SENTINEL} is missing: the bootstrap commands did not complete"
+            )
+        return "bootstrap data applied"
+
+    return await with_ssh(ctx, host, spec, op, timeout=ctx.settings.bootstrap_timeout + 60)
+
+
+def cleanup_command(spec: BareMetalHostSpec, cleaning: str) -> str:
+    """Leave the host the way the next user should find it: out of its cluster, no join token on disk, and
+    (cleaning=metadata) no partition tables or filesystem signatures. A failed wipe fails the command."""
+    command = f"kubeadm reset -f || true; rm -rf {SEED_DIR} /run/cluster-api; cloud-init clean --logs || true"
+    if cleaning == "metadata":
+        wipes = [f"wipefs --all --force {shlex.quote('/dev/' + d.name)}" for d in spec.hardware.disks or []]
+        if wipes:
+            command += "; " + " && ".join(wipes)
+    return command
+
+
+async def clean_host(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, cleaning: str) -> str:
+    user = spec.ssh.user
+    command = cleanup_command(spec, cleaning)
+
+    def op(shell: HostShell) -> str:
+        res = shell.run(sudo(user, command), timeout=ctx.settings.reset_timeout + ctx.settings.wipe_timeout)
+        if res.exit_code != 0:
+            tail = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()[-2:]
+            raise HostAccessError("CleaningFailed", f"cleanup exited {res.exit_code}: {scrub(' | '.join(tail))}")
+        return "reset" + (" and wiped" if cleaning == "metadata" else "")
+
+    return await with_ssh(ctx, host, spec, op, timeout=ctx.settings.reset_timeout + ctx.settings.wipe_timeout)
+
+
+async def read_power(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> PowerState:
+    return await with_bmc(ctx, host.namespace, spec, lambda d: d.get_power())
+
+
+async def power_off(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> None:
+    await with_bmc(ctx, host.namespace, spec, lambda d: d.set_power(PowerState.OFF),
+                   timeout=ctx.settings.power_settle_timeout)
+
+
+async def deprovision(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, cleaning: str) -> list[str]:
+    """Reset and wipe over SSH if the OS is up (best effort: an unreachable OS is about to lose power anyway),
+    then power off through the BMC, which must succeed (HostAccessError otherwise)."""
+    notes = []
+    if await read_power(ctx, host, spec) == PowerState.ON:
+        try:
+            notes.append(await clean_host(ctx, host, spec, cleaning))
+        except HostAccessError as e:
+            if e.reason == "CleaningFailed":
+                raise  # the OS answered and the wipe failed: the host must not go back to the pool dirty
+            notes.append(f"OS unreachable, not reset/wiped: {e.reason}")
+    await power_off(ctx, host, spec)
+    notes.append("powered off")
+    return notes

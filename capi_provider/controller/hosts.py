@@ -1,0 +1,228 @@
+"""BareMetalHost: registration, power monitoring with backoff, free-host power policy, the end of
+deprovisioning for hosts whose machine is gone, and safe deletion.
+
+One kopf daemon per host observes its BMC (never the API: an idle host costs no API requests), decides with
+capi_provider/reconcile/host.py, and writes status only when something changed. It is the only writer of
+BareMetalHost status; the machine controller hands it power events through the shared Context.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from capi_provider import api
+from capi_provider.bmc.base import PowerState
+from capi_provider.controller import hostops
+from capi_provider.controller.context import Context, ObjKey
+from capi_provider.controller.hostio import HostAccessError, bmc_credentials, bmc_op, with_bmc, with_ssh
+from capi_provider.controller.inventory import HostRecord, host_record, one, records
+from capi_provider.controller.machines import DELETE_FOR_MOVE, release_host
+from capi_provider.reconcile import host as h
+from capi_provider.reconcile.conditions import now, same_ignoring_time
+
+KIND = "host"
+
+
+class HostMonitor:
+    """State that lives as long as the host's daemon: the poll schedule and the last observation."""
+
+    def __init__(self, ctx: Context, key: ObjKey) -> None:
+        self.ctx = ctx
+        self.key = key
+        s = ctx.settings
+        self.schedule = h.PollSchedule(s.poll_interval, s.poll_max, s.error_backoff_max)
+        self.observation: h.BmcObservation | None = None
+        self.credentials_version: str | None = None
+        self.warm_verified = False
+        self.last_reported: tuple[str | None, str | None] = (None, None)
+
+    async def observe(self, rec: HostRecord) -> h.BmcObservation:
+        try:
+            creds, version = await bmc_credentials(self.ctx, rec.key.namespace, rec.spec)
+            power = await bmc_op(self.ctx, rec.spec, creds, lambda d: d.get_power())
+        except HostAccessError as e:
+            return h.BmcObservation(error_reason=e.reason, error_message=e.message)
+        self.credentials_version = version
+        return h.BmcObservation(power=power.value)
+
+    async def pass_once(self, body: Any, machine_inventory: kopf.Index, logger: logging.Logger) -> float:
+        rec = host_record(body)
+        if rec.paused:
+            return 600.0
+        before = self.observation
+        obs = await self.observe(rec)
+        consumer = rec.consumer
+        consumer_phase: h.ConsumerPhase | None = None
+        if consumer is not None:
+            mrec = one(machine_inventory, consumer)
+            consumer_phase = "missing" if mrec is None else mrec.phase
+            if consumer_phase == "missing" and consumer not in self.ctx.pending_claims.values():
+                obs = await self.finish_orphan(rec, obs, logger)
+        elif obs.ok and not rec.deleting:
+            obs = await self.enforce_free_power(rec, obs, logger)
+        await self.write_status(body, rec, obs, consumer_phase)
+        self.report_transitions(body, obs)
+        self.observation = obs
+        changed = before is None or before.power != obs.power or before.error_reason != obs.error_reason
+        return self.schedule.next_delay(obs.ok, changed)
+
+    async def enforce_free_power(self, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger) -> h.BmcObservation:
+        warm = rec.key in self.ctx.warm_wanted
+        want = h.desired_free_power(rec.spec.online, warm)
+        if obs.power != want:
+            try:
+                await with_bmc(self.ctx, rec.key.namespace, rec.spec,
+                               lambda d: d.set_power(PowerState(want)), timeout=self.ctx.settings.power_settle_timeout)
+            except HostAccessError as e:
+                return h.BmcObservation(power=obs.power, error_reason=e.reason, error_message=e.message)
+            reason = "WarmPool" if warm and not rec.spec.online else "OnlineSpec"
+            self.ctx.power_events[rec.key] = {"action": want, "reason": reason}
+            logger.info("%s: powered %s (%s)", rec.key, want, reason)
+            self.warm_verified = False
+            obs = h.BmcObservation(power=want)
+        if warm and obs.power == "on" and not self.warm_verified:
+            # Warm means usable at once: booted, SSH up, host key verified. Waits (bounded) for the boot.
+            try:
+                await with_ssh(self.ctx, rec.key, rec.spec, lambda shell: None,
+                               wait=self.ctx.settings.boot_timeout, timeout=5)
+                self.warm_verified = True
+            except HostAccessError as e:
+                logger.warning("%s: warm host not usable over SSH: %s", rec.key, e)
+        if not warm:
+            self.warm_verified = False
+        return obs
+
+    async def finish_orphan(self, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger) -> h.BmcObservation:
+        """The machine holding this host is gone (deleted while its BMC was dead, or finalizers removed by
+        hand). Finish its deprovisioning: the host returns to the pool only once it is really off."""
+        if not obs.ok:
+            return obs
+        try:
+            notes = await hostops.deprovision(self.ctx, rec.key, rec.spec, cleaning="metadata")
+        except HostAccessError as e:
+            return h.BmcObservation(power=obs.power, error_reason=e.reason, error_message=e.message)
+        logger.info("%s: consumer %s gone; %s", rec.key, rec.consumer, ", ".join(notes))
+        self.ctx.power_events[rec.key] = {"action": "off", "reason": "Deprovisioning"}
+        assert rec.consumer is not None
+        await release_host(self.ctx, rec.key, rec.consumer)
+        return h.BmcObservation(power="off")
+
+    async def write_status(
+        self, body: Any, rec: HostRecord, obs: h.BmcObservation, consumer_phase: h.ConsumerPhase | None
+    ) -> None:
+        current = dict(body.get("status") or {})
+        generation = body["metadata"].get("generation")
+        new: dict[str, Any] = {
+            "provisioningState": h.host_state(rec.consumer is not None, consumer_phase, obs, False),
+            "powerState": obs.power or current.get("powerState") or "unknown",
+        }
+        last_error, count = h.error_status(current.get("lastError"), obs, int(current.get("errorCount") or 0))
+        new["lastError"] = last_error
+        new["errorCount"] = count
+        new["conditions"] = h.host_conditions(current.get("conditions"), obs, generation)
+        if obs.ok:
+            new["credentialsVersion"] = self.credentials_version
+        warm = rec.consumer is None and rec.key in self.ctx.warm_wanted and self.warm_verified
+        new["warm"] = warm or None
+        op = self.ctx.power_events.pop(rec.key, None)
+        if op:
+            new["lastPowerOperation"] = {**op, "time": now()}
+        visible_change = any(
+            current.get(k) != v for k, v in new.items() if k != "conditions"
+        ) or not same_ignoring_time(current.get("conditions"), new["conditions"])
+        if visible_change:
+            if obs.ok:
+                new["lastPolled"] = now()
+            await self.ctx.kube.patch(api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name,
+                                      {"status": new}, status=True)
+
+    def report_transitions(self, body: Any, obs: h.BmcObservation) -> None:
+        """Events for changes an operator should hear about, once per change, never per poll."""
+        now_reported = (obs.error_reason, obs.power)
+        if now_reported == self.last_reported:
+            return
+        prev_error = self.last_reported[0]
+        self.last_reported = now_reported
+        if obs.error_reason and obs.error_reason != prev_error:
+            kopf.warn(body, reason=obs.error_reason, message=obs.error_message or "")
+        elif not obs.error_reason and prev_error:
+            kopf.info(body, reason="BMCRecovered", message=f"BMC answers again; power {obs.power}")
+        elif self.observation is None and obs.ok:
+            kopf.info(body, reason="Registered", message=f"BMC reachable, credentials accepted, power {obs.power}")
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.HOSTS, id="monitor", cancellation_timeout=5.0)
+async def host_daemon(
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
+    machine_inventory: kopf.Index, **_: Any,
+) -> None:
+    ctx: Context = memo.ctx
+    key = ObjKey.of(body)
+    monitor = HostMonitor(ctx, key)
+    while not stopped:
+        try:
+            delay = await monitor.pass_once(body, machine_inventory, logger)
+        except Exception:  # noqa: BLE001 - keep monitoring; the next pass may well succeed
+            logger.exception("monitoring %s failed; retrying", key)
+            delay = 30.0
+        await ctx.wakers.sleep(KIND, key, delay, stopped)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.HOSTS, id="host-changed")
+def host_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    ctx: Context = memo.ctx
+    key = ObjKey.of(body)
+    rec = host_record(body)
+    if rec.consumer is not None:
+        ctx.pending_claims.pop(key, None)  # the watch caught up with our claim
+    ctx.wakers.wake(KIND, key)
+    free = rec.consumer is None and rec.state == "available" and not rec.deleting
+    if free and key not in ctx.free_hosts:
+        # A host just became usable: machines waiting for one get another look.
+        ctx.free_hosts.add(key)
+        ctx.wakers.wake_all("machine")
+    elif not free:
+        ctx.free_hosts.discard(key)
+    ctx.wakers.wake_all("template")
+
+
+@kopf.on.event("", "v1", "secrets", id="credentials-changed")
+def secret_changed(body: kopf.Body, memo: kopf.Memo, host_inventory: kopf.Index, **_: Any) -> None:
+    """A rotated BMC password or SSH key: look again now instead of at the next poll."""
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    for rec in records(host_inventory):
+        if rec.key.namespace == ns and name in (rec.spec.bmc.credentialsName, rec.spec.ssh.privateKeySecretName):
+            memo.ctx.wakers.wake(KIND, rec.key)
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.HOSTS, id="host-delete")
+async def host_deleted(
+    body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, machine_inventory: kopf.Index, retry: int, **_: Any
+) -> None:
+    """A host leaving the inventory is powered off first: nothing would manage it afterwards. A host still
+    serving a live machine is not pulled from under it: delete (or scale down) the machine first."""
+    ctx: Context = memo.ctx
+    rec = host_record(body)
+    ctx.free_hosts.discard(rec.key)
+    if DELETE_FOR_MOVE in (body["metadata"].get("annotations") or {}):
+        logger.info("%s deleted by clusterctl move; hardware left as is", rec.key)
+        return
+    if rec.consumer is not None:
+        mrec = one(machine_inventory, rec.consumer)
+        if mrec is not None and not mrec.deleting:
+            raise kopf.TemporaryError(
+                f"in use by BareMetalMachine {rec.consumer}: delete or scale down that machine first", delay=30
+            )
+    try:
+        await with_bmc(ctx, rec.key.namespace, rec.spec, lambda d: d.set_power(PowerState.OFF),
+                       timeout=ctx.settings.power_settle_timeout)
+    except HostAccessError as e:
+        if retry < 4:
+            raise kopf.TemporaryError(f"powering off before removal: {e.reason}: {e.message}", delay=15) from None
+        kopf.warn(body, reason="RemovedWithoutPowerOff",
+                  message=f"BMC still failing ({e.reason}); removed from inventory, power state unknown")
+        return
+    logger.info("%s powered off and removed from the inventory", rec.key)

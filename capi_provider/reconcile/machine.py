@@ -1,0 +1,140 @@
+"""BareMetalMachine decisions: the provisioning step table, step bookkeeping, conditions and phase.
+
+A machine goes: wait for its CAPI Machine and Cluster → claim a host → PowerOn → WaitForSSH → (wait for
+bootstrap data) → DeliverSeed → Bootstrap → Finalize (providerID, addresses, initialization.provisioned).
+Claiming and powering on do not wait for the bootstrap data, so a server's boot overlaps CAPI preparing the
+join data. Each step is recorded in status.steps with timestamps; a step that finished is never repeated,
+which is what makes the controller restartable at any point.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from capi_provider import api
+from capi_provider.reconcile.conditions import PAUSED, READY, now, set_condition
+
+HOST_CLAIMED = "HostClaimed"
+PROVISIONED = "Provisioned"
+
+STEPS = ("PowerOn", "WaitForSSH", "DeliverSeed", "Bootstrap")
+
+# Reasons (CamelCase, on the conditions; CAPI mirrors Ready into the Machine's InfrastructureReady).
+WAITING_FOR_MACHINE = "WaitingForMachineOwner"
+WAITING_FOR_CLUSTER = "WaitingForClusterInfrastructure"
+WAITING_FOR_HOST = "WaitingForHost"
+WAITING_FOR_BOOTSTRAP = "WaitingForBootstrapData"
+HOST_DELETED = "HostDeleted"
+BOOTSTRAP_FAILED = "BootstrapFailed"
+DELETING = "Deleting"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the machine controller knows before choosing the next step."""
+
+    steps_done: frozenset[str]
+    bootstrap_data_ready: bool
+    provider_id_set: bool
+
+
+def next_step(facts: Facts) -> str:
+    """The next thing to do for a machine that holds a host: a step name, WaitForBootstrapData, or Finalize
+    (when provisioned already, Finalize only re-asserts status, which is idempotent)."""
+    if facts.provider_id_set:
+        return "Finalize"
+    for step in STEPS:
+        if step in facts.steps_done:
+            continue
+        if step == "DeliverSeed" and not facts.bootstrap_data_ready:
+            return WAITING_FOR_BOOTSTRAP
+        return step
+    return "Finalize"
+
+
+def steps_done(steps: list[dict[str, Any]] | None) -> frozenset[str]:
+    return frozenset(s["name"] for s in steps or [] if s.get("finishedAt"))
+
+
+def start_step(steps: list[dict[str, Any]] | None, name: str, message: str = "") -> list[dict[str, Any]]:
+    out = [s for s in steps or [] if s.get("name") != name]
+    entry: dict[str, Any] = {"name": name, "startedAt": now()}
+    if message:
+        entry["message"] = message
+    out.append(entry)
+    return out
+
+
+def finish_step(steps: list[dict[str, Any]] | None, name: str, message: str = "") -> list[dict[str, Any]]:
+    out = []
+    for s in steps or []:
+        if s.get("name") == name:
+            s = {**s, "finishedAt": now()}
+            if message:
+                s["message"] = message
+        out.append(s)
+    return out
+
+
+def provider_id(namespace: str, host: str, machine_uid: str) -> str:
+    """baremetal://<namespace>/<host>/<machine uid>: readable, and its last segment (what the autoscaler
+    matches nodes on) is unique cluster-wide."""
+    return f"{api.PROVIDER_ID_SCHEME}://{namespace}/{host}/{machine_uid}"
+
+
+def machine_addresses(hostname: str, ssh_address: str, nic_ips: list[str]) -> list[dict[str, str]]:
+    out = [{"type": "Hostname", "address": hostname}]
+    seen = set()
+    for candidate in [ssh_address, *[ip.split("/")[0] for ip in nic_ips]]:
+        if candidate in seen:
+            continue
+        seen.add(candidate)
+        try:
+            ipaddress.ip_address(candidate)
+            out.append({"type": "InternalIP", "address": candidate})
+        except ValueError:
+            out.append({"type": "InternalDNS", "address": candidate})
+    return out
+
+
+def phase_for(reason: str, provisioned: bool) -> str:
+    if provisioned:
+        return "Provisioned"
+    return {
+        WAITING_FOR_HOST: "WaitingForHost",
+        WAITING_FOR_CLUSTER: "Pending",
+        WAITING_FOR_MACHINE: "Pending",
+        BOOTSTRAP_FAILED: "Failed",
+        HOST_DELETED: "Failed",
+        "HostKeyMismatch": "Failed",
+        DELETING: "Deprovisioning",
+        "Paused": "Paused",
+    }.get(reason, "Provisioning")
+
+
+def summarize(
+    conditions: list[dict[str, Any]] | None,
+    *,
+    claimed: tuple[bool, str, str],
+    provisioned: tuple[bool | str, str, str] | None,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """Set HostClaimed/Provisioned and the Ready summary (True only when provisioned; otherwise it carries
+    the reason of the first step that is not done, which is what an operator needs to see)."""
+    conds = set_condition(conditions, HOST_CLAIMED, claimed[0], claimed[1], claimed[2], generation)
+    if provisioned is not None:
+        conds = set_condition(conds, PROVISIONED, provisioned[0], provisioned[1], provisioned[2], generation)
+    if not claimed[0]:
+        return set_condition(conds, READY, False, claimed[1], claimed[2], generation)
+    if provisioned is None:
+        return set_condition(conds, READY, False, "Provisioning", "", generation)
+    status, reason, message = provisioned
+    return set_condition(conds, READY, status, reason, message, generation)
+
+
+def paused_condition(conditions: list[dict[str, Any]] | None, paused: bool, generation: int | None) -> list[dict[str, Any]]:
+    if paused:
+        return set_condition(conditions, PAUSED, True, "Paused", "Cluster or object is paused", generation)
+    return set_condition(conditions, PAUSED, False, "NotPaused", "", generation)
