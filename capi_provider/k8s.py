@@ -57,7 +57,9 @@ class Kube:
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="kube")
         self.calls: Counter[str] = Counter()
 
-    async def _run(self, verb: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(
+        self, verb: str, fn: Callable[..., T], *args: Any, json_patch: bool = False, **kwargs: Any
+    ) -> T:
         self.calls[verb] += 1
         loop = asyncio.get_running_loop()
         try:
@@ -65,7 +67,8 @@ class Kube:
         except ApiException as e:
             if e.status == 404:
                 raise NotFound(f"{verb}: not found") from None
-            if e.status in (409, 422) and (e.status == 409 or "test" in (e.body or "")):
+            # A JSON patch whose `test` op fails is answered 422 Invalid: someone changed the object first.
+            if e.status == 409 or (json_patch and e.status == 422):
                 raise Conflict(f"{verb}: conflict") from None
             raise
 
@@ -103,14 +106,16 @@ class Kube:
         *,
         status: bool = False,
     ) -> dict[str, Any]:
-        """Merge-patch for a dict body, JSON-patch for a list of operations (the client picks by type)."""
+        """Merge-patch for a dict body, JSON-patch for a list of operations."""
         fn = (
             self.custom.patch_namespaced_custom_object_status
             if status
             else self.custom.patch_namespaced_custom_object
         )
+        json_patch = isinstance(body, list)
+        kwargs = {"_content_type": "application/json-patch+json"} if json_patch else {}
         return await self._run(f"patch {plural}{'/status' if status else ''}", fn, group, version, namespace,
-                               plural, name, body)
+                               plural, name, body, json_patch=json_patch, **kwargs)
 
     # ------------------------------------------------------------------ core
     async def get_secret(self, namespace: str, name: str) -> SecretData | None:

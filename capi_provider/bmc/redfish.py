@@ -19,8 +19,8 @@ What we rely on in pyghmi, and the decisions that follow:
   None; we check for the latter and probe the system URL to say which.
 * Timeouts: the web client's sockets default to 60 s and `Command()` has no way to change that for its own
   constructor; we set the per-request timeout right after, and bound every operation with `BoundedCaller`.
-* Sessions: on BMCs with a SessionService pyghmi logs in with a POST and never deletes that session, so
-  drivers are meant to be kept and reused rather than opened per call; `close()` cannot log out.
+* Sessions: on BMCs with a SessionService pyghmi logs in with a POST and never deletes that session. We
+  subclass `Command` to keep the session's URI, and `close()` deletes it (see `_session_tracking_command`).
 
 `set_power` asks for the state and polls (uncached GETs) until the BMC reports it, within the timeout: many
 BMCs acknowledge ComputerSystem.Reset seconds before the state changes.
@@ -34,6 +34,7 @@ import logging
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -105,6 +106,49 @@ class TrustedCAVerifier:
 
 def _accept_any_certificate(der: bytes) -> bool:
     return True
+
+
+_COMMAND_CLASS: type | None = None
+
+
+def _session_tracking_command() -> type:
+    """pyghmi's Redfish `Command`, remembering the session it opens so that `close()` can delete it.
+
+    pyghmi logs in through the SessionService when the BMC has one, keeps only the X-Auth-Token and never
+    deletes the session, which then lives on the BMC until it idles out (commonly 30 min). BMCs allow few
+    concurrent sessions (often 8-16) and the controller opens a driver per operation, so it would exhaust
+    them. `_get_session_token` is pyghmi's only hook for this; ours does the same login and also keeps the
+    session's URI from the Location header. Built lazily so importing this module does not import pyghmi.
+    """
+    global _COMMAND_CLASS
+    if _COMMAND_CLASS is not None:
+        return _COMMAND_CLASS
+    from pyghmi.redfish.command import Command
+
+    class SessionTrackingCommand(Command):  # type: ignore[misc]
+        session_uri: str | None = None
+
+        def _get_session_token(self, wc: Any) -> None:
+            username, password = self.username, self.password
+            if isinstance(username, bytes):
+                username = username.decode()
+            if isinstance(password, bytes):
+                password = password.decode()
+            rsp = wc.grab_rsp(
+                "/redfish/v1/SessionService/Sessions", {"UserName": username, "Password": password}
+            )
+            rsp.read()
+            self.xauthtoken = rsp.getheader("X-Auth-Token")
+            if not self.xauthtoken:
+                return  # refused or unsupported: stay on HTTP Basic
+            location = rsp.getheader("Location")
+            self.session_uri = urllib.parse.urlsplit(location).path if location else None
+            for client in (wc, self.wc):  # the request's client and the one later requests are cloned from
+                client.stdheaders.pop("Authorization", None)
+                client.stdheaders["X-Auth-Token"] = self.xauthtoken
+
+    _COMMAND_CLASS = SessionTrackingCommand
+    return SessionTrackingCommand
 
 
 class RedfishDriver:
@@ -196,9 +240,22 @@ class RedfishDriver:
         )
 
     def close(self) -> None:
-        # pyghmi's Redfish client keeps no connection open between requests and has no logout.
+        """Delete the Redfish session we opened, if any (best effort, bounded). Idempotent."""
         self._closed = True
-        self._cmd = None
+        cmd, self._cmd = self._cmd, None
+        uri = getattr(cmd, "session_uri", None)
+        if cmd is None or not uri or not cmd.xauthtoken or self._caller.busy:
+            return
+        try:
+            _body, status = self._caller.run(
+                "log out",
+                lambda: cmd.wc.grab_json_response_with_status(uri, method="DELETE"),
+                min(self._timeout, 5.0),
+            )
+            if status >= 300:
+                LOG.debug("%s: deleting the Redfish session answered HTTP %s", self._describe, status)
+        except Exception as exc:  # the BMC will expire it; nothing else to do
+            LOG.debug("%s: logout failed: %s", self._describe, redact(repr(exc), self._creds.password))
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
@@ -221,9 +278,7 @@ class RedfishDriver:
         return self._cmd
 
     def _login(self) -> Any:
-        from pyghmi.redfish.command import Command
-
-        cmd = Command(
+        cmd = _session_tracking_command()(
             self._address.host,
             self._creds.username,
             self._creds.password,

@@ -61,7 +61,7 @@ async def reconcile_cluster(ctx: Context, body: Any) -> float:
     return 600.0
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.CLUSTERS, id="cluster", cancellation_timeout=2.0)
+@kopf.daemon(api.GROUP, api.VERSION, api.CLUSTERS, id="cluster", cancellation_backoff=1.0, cancellation_timeout=10.0)
 async def cluster_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo,
                          logger: logging.Logger, **_: Any) -> None:
     ctx: Context = memo.ctx

@@ -89,5 +89,8 @@ class Context:
     warm_wanted: set[ObjKey] = field(default_factory=set)
     # Hosts last seen free (available, unclaimed): entering this set wakes machines waiting for a host.
     free_hosts: set[ObjKey] = field(default_factory=set)
+    # Machines stopped by a failure retrying cannot fix (HostKeyMismatch, BootstrapFailed), with the host
+    # generation they failed on: they try again only when the host's spec changes (or after a restart).
+    blocked: dict[ObjKey, tuple[str, str, int]] = field(default_factory=dict)  # machine -> (reason, msg, gen)
     # Hosts whose last power operation should be recorded by the host daemon (which owns host status).
     power_events: dict[ObjKey, dict[str, str]] = field(default_factory=dict)

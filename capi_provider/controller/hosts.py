@@ -59,7 +59,7 @@ class HostMonitor:
         if consumer is not None:
             mrec = one(machine_inventory, consumer)
             consumer_phase = "missing" if mrec is None else mrec.phase
-            if consumer_phase == "missing" and consumer not in self.ctx.pending_claims.values():
+            if consumer_phase == "missing" and await self.really_orphaned(rec):
                 obs = await self.finish_orphan(rec, obs, logger)
         elif obs.ok and not rec.deleting:
             obs = await self.enforce_free_power(rec, obs, logger)
@@ -94,6 +94,17 @@ class HostMonitor:
         if not warm:
             self.warm_verified = False
         return obs
+
+    async def really_orphaned(self, rec: HostRecord) -> bool:
+        """Our views come from watches and can lag (a just-released host still shows its old consumer).
+        Powering off a host is not something to do on a stale view, so ask the API server directly."""
+        kube = self.ctx.kube
+        fresh = await kube.get(api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name)
+        ref = ((fresh or {}).get("spec") or {}).get("consumerRef") or {}
+        if not fresh or (ref.get("namespace"), ref.get("name")) != (rec.consumer.namespace, rec.consumer.name):
+            return False
+        consumer = await kube.get(api.GROUP, api.VERSION, api.MACHINES, ref["namespace"], ref["name"])
+        return consumer is None
 
     async def finish_orphan(self, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger) -> h.BmcObservation:
         """The machine holding this host is gone (deleted while its BMC was dead, or finalizers removed by
@@ -154,7 +165,7 @@ class HostMonitor:
             kopf.info(body, reason="Registered", message=f"BMC reachable, credentials accepted, power {obs.power}")
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.HOSTS, id="monitor", cancellation_timeout=5.0)
+@kopf.daemon(api.GROUP, api.VERSION, api.HOSTS, id="monitor", cancellation_backoff=1.0, cancellation_timeout=10.0)
 async def host_daemon(
     stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
     machine_inventory: kopf.Index, **_: Any,

@@ -27,6 +27,7 @@ class HostRecord:
     key: ObjKey
     uid: str
     resource_version: str
+    generation: int
     labels: dict[str, str]
     spec: BareMetalHostSpec
     state: str | None
@@ -69,6 +70,7 @@ def host_record(body: Any) -> HostRecord:
         key=ObjKey(meta["namespace"], meta["name"]),
         uid=meta["uid"],
         resource_version=meta["resourceVersion"],
+        generation=int(meta.get("generation") or 0),
         labels=dict(meta.get("labels") or {}),
         spec=from_obj(BareMetalHostSpec, body.get("spec")),
         state=status.get("provisioningState"),

@@ -186,6 +186,11 @@ class MachineReconciler:
         self.status["host"] = {"name": host.key.name}
         claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
         data_secret = ((machine.get("spec") or {}).get("bootstrap") or {}).get("dataSecretName")
+        blocked = self.ctx.blocked.get(self.key)
+        if blocked and blocked[2] == host.generation and not self.spec.providerID:
+            self.conditions(claimed=claimed, provisioned=(False, blocked[0], blocked[1]))
+            return LONG
+        self.ctx.blocked.pop(self.key, None)
         while True:
             facts = m.Facts(
                 steps_done=m.steps_done(self.status.get("steps")),
@@ -211,10 +216,7 @@ class MachineReconciler:
             except HostAccessError as e:
                 return self.step_failed(step, host, e.reason, e.message)
             except hostops.BootstrapFailed as e:
-                self.status["steps"] = m.finish_step(self.status.get("steps"), step, f"failed: {e}")
-                kopf.warn(self.body, reason=m.BOOTSTRAP_FAILED, message=str(e))
-                self.conditions(claimed=claimed, provisioned=(False, m.BOOTSTRAP_FAILED, str(e)))
-                return LONG
+                return self.block(step, host, m.BOOTSTRAP_FAILED, str(e))
             except SeedTemplateError as e:
                 self.conditions(claimed=claimed, provisioned=(False, "SeedTemplateInvalid", str(e)))
                 self.status["steps"] = m.start_step(self.status.get("steps"), step, f"failed: {e}")
@@ -222,13 +224,21 @@ class MachineReconciler:
             self.status["steps"] = m.finish_step(self.status.get("steps"), step, note)
             self.log.info("%s: %s on %s: %s", self.key, step, host.key.name, note)
 
+    def block(self, step: str, host: HostRecord, reason: str, message: str) -> float:
+        """Stop at a failure that retrying cannot fix; visible in conditions, steps and an event. Provisioning
+        resumes when the host's spec changes (e.g. the operator corrects the pinned host key)."""
+        claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
+        self.ctx.blocked[self.key] = (reason, message, host.generation)
+        self.status["steps"] = m.start_step(self.status.get("steps"), step, f"failed: {reason}")
+        kopf.warn(self.body, reason=reason, message=message)
+        self.conditions(claimed=claimed, provisioned=(False, reason, message))
+        return LONG
+
     def step_failed(self, step: str, host: HostRecord, reason: str, message: str) -> float:
         claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
         if reason == "HostKeyMismatch":
             # A different machine (or an attacker) answers at that address: never send it anything.
-            kopf.warn(self.body, reason="HostKeyMismatch", message=message)
-            self.conditions(claimed=claimed, provisioned=(False, "HostKeyMismatch", message))
-            return LONG
+            return self.block(step, host, reason, message)
         self.conditions(claimed=claimed, provisioned=(False, reason, f"{step}: {message} (retrying)"))
         self.log.warning("%s: %s failed: %s: %s", self.key, step, reason, message)
         return 15.0
@@ -312,7 +322,7 @@ class MachineReconciler:
 # ====================================================================================== kopf handlers
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.MACHINES, id="provision", cancellation_timeout=5.0)
+@kopf.daemon(api.GROUP, api.VERSION, api.MACHINES, id="provision", cancellation_backoff=1.0, cancellation_timeout=10.0)
 async def machine_daemon(
     stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
     host_inventory: kopf.Index, **_: Any,

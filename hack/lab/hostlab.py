@@ -53,6 +53,7 @@ class LabMachine:
     ssh_port: int
     mac: str
     profile: HostProfile
+    namespace: str
 
     @property
     def bmc_port(self) -> int:
@@ -92,23 +93,31 @@ class HostLab:
         self.machines: dict[str, LabMachine] = {}
         self.private_key, self.public_key = _keypair()
         self._started = False
+        self._namespaces: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> HostLab:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.fleet.start()
         self._started = True
-        self.cluster.kubectl("create", "namespace", self.namespace, check=False)
+        self.ensure_namespace(self.namespace)
+        return self
+
+    def ensure_namespace(self, namespace: str) -> None:
+        """A namespace with the provider's SSH key Secret (hosts are matched within their namespace)."""
+        if namespace in self._namespaces:
+            return
+        self.cluster.kubectl("create", "namespace", namespace, check=False)
         self.apply(
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": SSH_KEY_SECRET, "namespace": self.namespace},
+                "metadata": {"name": SSH_KEY_SECRET, "namespace": namespace},
                 "type": "kubernetes.io/ssh-auth",
                 "data": {"ssh-privatekey": base64.b64encode(self.private_key.encode()).decode()},
             }
         )
-        return self
+        self._namespaces.add(namespace)
 
     def stop(self) -> None:
         for m in self.machines.values():
@@ -132,8 +141,11 @@ class HostLab:
         register: bool = True,
         online: bool = False,
         boot_delay: float | None = None,
+        namespace: str | None = None,
     ) -> LabMachine:
         profile = profile or HostProfile()
+        namespace = namespace or self.namespace
+        self.ensure_namespace(namespace)
         index = len(self.machines)
         ssh_address, ssh_port = loopback_address(index), free_port()
         mac = "02:00:00:%02x:%02x:%02x" % ((index >> 16) & 0xFF, (index >> 8) & 0xFF, index & 0xFF)
@@ -165,7 +177,8 @@ class HostLab:
             address = bmc.address
         else:
             address = self._redfish().add(host, username="admin", password=password)
-        machine = LabMachine(name, host, protocol, address, "admin", password, ssh_address, ssh_port, mac, profile)
+        machine = LabMachine(name, host, protocol, address, "admin", password, ssh_address, ssh_port, mac, profile,
+                             namespace)
         self.machines[name] = machine
         if register:
             self.register(machine, online=online)
@@ -198,7 +211,7 @@ class HostLab:
         return {
             "apiVersion": GROUP_VERSION,
             "kind": "BareMetalHost",
-            "metadata": {"name": m.name, "namespace": self.namespace, "labels": dict(p.labels)},
+            "metadata": {"name": m.name, "namespace": m.namespace, "labels": dict(p.labels)},
             "spec": {
                 "bmc": {
                     "address": m.bmc_address,
@@ -223,7 +236,7 @@ class HostLab:
         return {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": f"{m.name}-bmc", "namespace": self.namespace},
+            "metadata": {"name": f"{m.name}-bmc", "namespace": m.namespace},
             "stringData": {"username": m.bmc_user, "password": password or m.bmc_password},
         }
 

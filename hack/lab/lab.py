@@ -7,10 +7,8 @@ bootstrap tokens CAPBK writes there, and KWOK keeps their Nodes Ready while they
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,17 +159,19 @@ class Lab:
         if proc:
             proc.stop()
 
+    def wait_hosts_available_in(self, namespace: str, count: int, timeout: float = 120) -> None:
+        """Until `count` hosts of `namespace` are registered and available (their BMC answered)."""
+
+        def ready() -> bool:
+            out = self.cluster.kubectl("get", "baremetalhosts", "-n", namespace, "-o",
+                                       "jsonpath={.items[*].status.provisioningState}", check=False).stdout
+            return out.split().count("available") >= count
+
+        wait_until(f"{count} hosts available in {namespace}", ready, timeout, list(self.procs.values()),
+                   interval=0.5)
+
     def wait_hosts_available(self, timeout: float = 120) -> None:
-        names = list(self.hosts.machines)
-
-        def all_available() -> bool:
-            out = self.cluster.kubectl("get", "baremetalhosts", "-n", self.config.namespace, "-o",
-                                       "jsonpath={range .items[*]}{.metadata.name}={.status.provisioningState}{'\\n'}{end}",
-                                       check=False).stdout
-            states = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-            return all(states.get(n) == "available" for n in names)
-
-        wait_until("lab hosts available", all_available, timeout, list(self.procs.values()), interval=1)
+        self.wait_hosts_available_in(self.config.namespace, len(self.hosts.machines), timeout)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -185,11 +185,3 @@ class Lab:
                 f"logs: {self.cluster.logs}",
             ],
         }
-
-
-def env_flag(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
-
-
-def elapsed(since: float) -> str:
-    return f"{time.monotonic() - since:.1f}s"

@@ -10,10 +10,11 @@ How sushy is embedded:
   a private copy of that module (a fresh `app`, a fresh `Application` class) and points the copy's
   `Application.systems` at our `SimSystemsDriver`. Labs in one process do not share state, and nothing in
   the installed package is modified.
-* Authentication is ours (`_BasicAuth`), not sushy's htpasswd middleware: it supports per-system accounts
-  and credential changes at runtime. As the Redfish spec requires, the service root is readable without
-  credentials; resources under `/Systems/<name>` need that system's account (or the lab-wide one when the
-  system has none); other resources accept any valid account.
+* Authentication is ours (`_Gate`), not sushy's htpasswd middleware: it supports per-system accounts,
+  credential changes at runtime and a SessionService (X-Auth-Token sessions, as on real BMCs). As the
+  Redfish spec requires, the service root is readable without credentials; resources under
+  `/Systems/<name>` need that system's account (or the lab-wide one when the system has none); other
+  resources accept any valid account.
 * TLS: a throwaway CA and a server certificate for 127.0.0.1/localhost/::1 are generated at start. Clients
   that should verify pass `ca_path`; the system trust store rejects it, like a real BMC's self-signed cert.
 * Served by werkzeug's threaded WSGI server in a background thread; `stop()` shuts it down and removes the
@@ -32,12 +33,14 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import ssl
 import sys
 import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -255,52 +258,126 @@ class SimSystemsDriver(AbstractSystemsDriver):
         self._boot_modes[self._machine(identity).name] = boot_mode
 
 
-# -- authentication --------------------------------------------------------------------------------------
+# -- authentication and sessions ---------------------------------------------------------------------------
+
+Account = tuple[str, str]  # (username, password)
+_StartResponse = Callable[..., Any]
 
 
-class _BasicAuth:
-    """HTTP Basic authentication in front of sushy, with per-system accounts (see the module docstring)."""
+def _json_response(
+    start_response: _StartResponse, status: str, body: object, headers: Iterable[tuple[str, str]] = ()
+) -> list[bytes]:
+    data = json.dumps(body).encode() if body is not None else b""
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers]
+    )
+    return [data]
+
+
+class _Gate:
+    """Authentication in front of sushy: HTTP Basic and a Redfish SessionService, with per-system accounts.
+
+    sushy has neither per-system accounts nor sessions, and real BMCs all have a SessionService (clients
+    such as pyghmi log in through it when the service root advertises it), so the lab provides both:
+    POST /redfish/v1/SessionService/Sessions with {"UserName", "Password"} returns an X-Auth-Token and the
+    session's URI in Location; DELETE on that URI logs out. A session stays bound to the account it was
+    opened with and dies when that account's password changes.
+    """
 
     _PUBLIC = frozenset({"", "redfish", "redfish/v1"})
     _SYSTEMS_PREFIX = "redfish/v1/Systems/"
+    _SESSIONS = "redfish/v1/SessionService/Sessions"
 
     def __init__(self, app: Callable[..., Any], lab: RedfishLab) -> None:
         self._app = app
         self._lab = lab
+        self._lock = threading.Lock()
+        self._sessions: dict[str, tuple[str, Account]] = {}  # token -> (session id, account)
+        self._ids = itertools.count(1)
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    @property
+    def session_count(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def __call__(self, environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "").strip("/")
+        method = environ.get("REQUEST_METHOD", "GET")
         if path in self._PUBLIC:
-            return self._app(environ, start_response)
+            return (
+                self._service_root(environ, start_response)
+                if path == "redfish/v1"
+                else self._app(environ, start_response)
+            )
+        if path == self._SESSIONS and method == "POST":
+            return self._log_in(environ, start_response)
         system = None
         if path.startswith(self._SYSTEMS_PREFIX):
             system = path[len(self._SYSTEMS_PREFIX) :].split("/", 1)[0]
-        presented = self._presented(environ.pop("HTTP_AUTHORIZATION", ""))
-        if presented is not None and self._lab._accepts(presented, system):
-            return self._app(environ, start_response)
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "Base.1.8.GeneralError",
-                    "message": "Access denied: a valid username and password are required",
-                    "@Message.ExtendedInfo": [
-                        {"MessageId": "Base.1.8.AccessDenied", "Message": "Access denied"}
-                    ],
-                }
-            }
-        ).encode()
-        start_response(
-            "401 Unauthorized",
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(body))),
-                ("WWW-Authenticate", 'Basic realm="lab redfish"'),
-            ],
+        account = self._authenticated(environ, system)
+        if account is None:
+            return self._denied(start_response)
+        if path.startswith(self._SESSIONS + "/") and method == "DELETE":
+            return self._log_out(path.rsplit("/", 1)[1], start_response)
+        return self._app(environ, start_response)
+
+    def _service_root(self, environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            captured["status"], captured["headers"] = status, headers
+
+        body = b"".join(self._app(environ, capture))
+        root = json.loads(body)
+        root["SessionService"] = {"@odata.id": "/redfish/v1/SessionService"}
+        return _json_response(start_response, captured["status"], root)
+
+    def _log_in(self, environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            request = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            account = (str(request["UserName"]), str(request["Password"]))
+        except (ValueError, KeyError, TypeError):
+            return _json_response(start_response, "400 Bad Request", {"error": {"message": "bad request"}})
+        if not self._lab._accepts(account, None):
+            return self._denied(start_response)
+        token = secrets.token_hex(16)
+        with self._lock:
+            session_id = str(next(self._ids))
+            self._sessions[token] = (session_id, account)
+        uri = f"/{self._SESSIONS}/{session_id}"
+        body = {"@odata.id": uri, "Id": session_id, "UserName": account[0]}
+        return _json_response(
+            start_response, "201 Created", body, [("X-Auth-Token", token), ("Location", uri)]
         )
-        return [body]
+
+    def _log_out(self, session_id: str, start_response: _StartResponse) -> Iterable[bytes]:
+        with self._lock:
+            for token, (sid, _account) in list(self._sessions.items()):
+                if sid == session_id:
+                    del self._sessions[token]
+                    start_response("204 No Content", [("Content-Length", "0")])
+                    return [b""]
+        return _json_response(start_response, "404 Not Found", {"error": {"message": "no such session"}})
+
+    def _authenticated(self, environ: dict[str, Any], system: str | None) -> Account | None:
+        token = environ.pop("HTTP_X_AUTH_TOKEN", None)
+        if token is not None:
+            with self._lock:
+                entry = self._sessions.get(token)
+            if entry is None:
+                return None
+            account = entry[1]
+            if not self._lab._accepts(account, None):  # its password changed: the session is over
+                with self._lock:
+                    self._sessions.pop(token, None)
+                return None
+            return account if self._lab._accepts(account, system) else None
+        presented = self._basic(environ.pop("HTTP_AUTHORIZATION", ""))
+        return presented if presented is not None and self._lab._accepts(presented, system) else None
 
     @staticmethod
-    def _presented(header: str) -> tuple[str, str] | None:
+    def _basic(header: str) -> Account | None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "basic":
             return None
@@ -309,6 +386,19 @@ class _BasicAuth:
         except (binascii.Error, UnicodeDecodeError):
             return None
         return (username, password) if sep else None
+
+    @staticmethod
+    def _denied(start_response: _StartResponse) -> Iterable[bytes]:
+        body = {
+            "error": {
+                "code": "Base.1.8.GeneralError",
+                "message": "Access denied: valid credentials are required",
+                "@Message.ExtendedInfo": [{"MessageId": "Base.1.8.AccessDenied", "Message": "Access denied"}],
+            }
+        }
+        return _json_response(
+            start_response, "401 Unauthorized", body, [("WWW-Authenticate", 'Basic realm="lab redfish"')]
+        )
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -334,7 +424,7 @@ def _private_sushy_app(state_dir: str, systems: SimSystemsDriver) -> tuple[Modul
     module.Application.systems = property(lambda _app: systems)
     app = module.app
     app.config.update(
-        SUSHY_EMULATOR_STATE_DIR=state_dir,  # sushy's sqlite state (indicator LEDs...) stays in our temp dir
+        SUSHY_EMULATOR_STATE_DIR=state_dir,  # sushy's sqlite state (indicator LEDs...) stays in our dir
         SUSHY_EMULATOR_FEATURE_SET="full",
     )
     app.logger.setLevel(logging.WARNING)
@@ -344,31 +434,42 @@ def _private_sushy_app(state_dir: str, systems: SimSystemsDriver) -> tuple[Modul
 class RedfishLab:
     """Redfish over HTTPS on 127.0.0.1 for a set of SimMachines.
 
-    >>> with RedfishLab([MemoryMachine("node-0")], password="s3cret") as lab:
+    `workdir` keeps the CA, server certificate and sushy's state (kept after `stop()` for inspection);
+    without it a temporary directory is used and removed at `stop()`. Without a lab-wide `password` only
+    systems added with their own account are reachable.
+
+    >>> with RedfishLab(machines=[MemoryMachine("node-0")], password="s3cret") as lab:
     ...     lab.address("node-0")  # 'redfish+https://127.0.0.1:<port>/redfish/v1/Systems/node-0'
     """
 
     def __init__(
         self,
-        machines: Iterable[SimMachine] = (),
+        workdir: str | os.PathLike[str] | None = None,
         *,
-        password: str,
+        machines: Iterable[SimMachine] = (),
         username: str = "admin",
+        password: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         power_delay: float = 0.0,
     ) -> None:
         self.host = host
+        self._workdir = Path(workdir) if workdir is not None else None
         self._requested_port = port
-        self._accounts: dict[str | None, tuple[str, str]] = {None: (username, password)}  # None: lab-wide
+        # None: the lab-wide account; without a password it is one nobody knows.
+        self._accounts: dict[str | None, tuple[str, str]] = {
+            None: (username, password if password is not None else secrets.token_urlsafe(24))
+        }
         self._systems = SimSystemsDriver(power_delay=power_delay)
         for machine in machines:
             self._systems.add(machine)
+        self._dir: Path | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._module_name: str | None = None
         self.certificates: LabCertificates | None = None
+        self._gate: _Gate | None = None
         self.port = 0
 
     def __enter__(self) -> RedfishLab:
@@ -381,9 +482,14 @@ class RedfishLab:
     # -- configuration (safe while running) ------------------------------------------------------------
 
     def add(self, machine: SimMachine, *, username: str | None = None, password: str | None = None) -> str:
-        """Serve `machine` too, optionally with its own account; returns its BMC address."""
+        """Serve `machine` too, optionally with its own account; returns its BMC address.
+
+        Needs a started lab (the address contains the port); pass machines to the constructor otherwise.
+        """
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
+        if not self.port:
+            raise RuntimeError("RedfishLab is not started")
         self._systems.add(machine)
         if username is not None and password is not None:
             self._accounts[machine.name] = (username, password)
@@ -406,9 +512,9 @@ class RedfishLab:
     @property
     def ca_path(self) -> str:
         """PEM file of the CA that signed the endpoint's certificate (for `ca_bundle`)."""
-        if self._tmp is None:
+        if self._dir is None:
             raise RuntimeError("RedfishLab is not started")
-        return os.path.join(self._tmp.name, "ca.pem")
+        return str(self._dir / "ca.pem")
 
     def _accepts(self, presented: tuple[str, str], system: str | None) -> bool:
         accounts = self._accounts
@@ -429,24 +535,26 @@ class RedfishLab:
     def start(self) -> None:
         if self._server is not None:
             return
-        self._tmp = tempfile.TemporaryDirectory(prefix="lab-redfish-")
+        if self._workdir is not None:
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            self._dir = self._workdir
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="lab-redfish-")
+            self._dir = Path(self._tmp.name)
         self.certificates = LabCertificates(hosts=sorted({self.host, "127.0.0.1", "localhost", "::1"}))
-        cert_file = os.path.join(self._tmp.name, "server.pem")
-        key_file = os.path.join(self._tmp.name, "server.key")
-        for path, data in (
-            (self.ca_path, self.certificates.ca_pem),
-            (cert_file, self.certificates.cert_pem),
-            (key_file, self.certificates.key_pem),
-        ):
-            with open(path, "wb") as handle:
-                handle.write(data)
-        os.chmod(key_file, 0o600)
-        state_dir = os.path.join(self._tmp.name, "state")
-        os.mkdir(state_dir)
+        cert_file, key_file = self._dir / "server.pem", self._dir / "server.key"
+        (self._dir / "ca.pem").write_bytes(self.certificates.ca_pem)
+        cert_file.write_bytes(self.certificates.cert_pem)
+        key_file.touch(mode=0o600)
+        key_file.chmod(0o600)
+        key_file.write_bytes(self.certificates.key_pem)
+        state_dir = self._dir / "state"
+        state_dir.mkdir(exist_ok=True)
 
-        module, app = _private_sushy_app(state_dir, self._systems)
+        module, app = _private_sushy_app(str(state_dir), self._systems)
         self._module_name = module.__name__
-        app.wsgi_app = _BasicAuth(app.wsgi_app, self)
+        self._gate = _Gate(app.wsgi_app, self)
+        app.wsgi_app = self._gate
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_file, key_file)
         self._server = make_server(
@@ -464,7 +572,7 @@ class RedfishLab:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving, cancel pending power changes and delete the certificates. Idempotent."""
+        """Stop serving, cancel pending power changes, remove the temporary directory. Idempotent."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -479,8 +587,14 @@ class RedfishLab:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        self._dir = None
         self.port = 0
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def session_count(self) -> int:
+        """Open Redfish sessions (clients that logged in and have not logged out)."""
+        return self._gate.session_count if self._gate is not None else 0

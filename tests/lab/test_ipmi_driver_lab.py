@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from lab.machine import MemoryMachine
+from lab.vbmc import BmcFleet, VirtualBmc
 
 from capi_provider.bmc import (
     BmcCredentials,
@@ -22,8 +24,6 @@ from capi_provider.bmc import (
     parse_bmc_address,
 )
 from capi_provider.bmc.base import BmcDriver
-from lab.machine import MemoryMachine
-from lab.vbmc import BmcFleet, VirtualBmc
 
 
 @pytest.fixture

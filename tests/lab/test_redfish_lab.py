@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from lab.machine import MemoryMachine
+from lab.redfish import LabCertificates, RedfishLab
 
 from capi_provider.bmc import (
     BmcCredentials,
@@ -20,8 +22,6 @@ from capi_provider.bmc import (
     parse_bmc_address,
 )
 from capi_provider.bmc.base import BmcDriver
-from lab.machine import MemoryMachine
-from lab.redfish import LabCertificates, RedfishLab
 
 PASSWORD = "Pa55-distinctive-" + secrets.token_hex(4)
 
@@ -33,7 +33,7 @@ def machines() -> dict[str, MemoryMachine]:
 
 @pytest.fixture(scope="module")
 def lab(machines: dict[str, MemoryMachine]) -> Iterator[RedfishLab]:
-    with RedfishLab(machines.values(), password=PASSWORD) as endpoint:
+    with RedfishLab(machines=machines.values(), password=PASSWORD) as endpoint:
         yield endpoint
 
 
@@ -57,7 +57,12 @@ def driver(
 
 def test_address_is_a_valid_bmc_address(lab: RedfishLab) -> None:
     address = parse_bmc_address(lab.address("node-a"))
-    assert (address.scheme, address.tls, address.host, address.port) == ("redfish", True, "127.0.0.1", lab.port)
+    assert (address.scheme, address.tls, address.host, address.port) == (
+        "redfish",
+        True,
+        "127.0.0.1",
+        lab.port,
+    )
     assert address.system_path == "/redfish/v1/Systems/node-a"
 
 
@@ -79,6 +84,18 @@ def test_reads_and_sets_power_and_boot_device(lab: RedfishLab, machines: dict[st
     drv.power_cycle()
     assert machine.is_powered_on()
     assert machines["node-b"].boot_count == 0, "only the addressed system is touched"
+
+
+def test_closing_a_driver_logs_its_redfish_session_out(lab: RedfishLab) -> None:
+    # The controller opens a driver per operation: without logout real BMCs run out of session slots.
+    before = lab.session_count
+    for _ in range(5):
+        drv = driver(lab, "node-b")
+        drv.get_power()
+        assert lab.session_count == before + 1, "the driver logged in through the SessionService"
+        drv.close()
+        assert lab.session_count == before
+    drv.close()  # idempotent
 
 
 def test_tls_verification(lab: RedfishLab) -> None:
@@ -123,7 +140,7 @@ def test_plain_http_redfish_is_refused_before_any_traffic(lab: RedfishLab) -> No
 def test_per_system_account_and_rotation() -> None:
     lab_password, own_password, rotated = (secrets.token_hex(6) for _ in range(3))
     special = MemoryMachine("node-special")
-    with RedfishLab([MemoryMachine("node-plain")], password=lab_password) as endpoint:
+    with RedfishLab(machines=[MemoryMachine("node-plain")], password=lab_password) as endpoint:
         endpoint.add(special, username="admin", password=own_password)
         assert driver(endpoint, "node-special", password=own_password).get_power() is PowerState.OFF
         with pytest.raises(BmcError) as caught:
@@ -140,9 +157,25 @@ def test_per_system_account_and_rotation() -> None:
         assert driver(endpoint, "node-special", password=rotated).get_power() is PowerState.OFF
 
 
+def test_workdir_lab_with_only_per_system_accounts(tmp_path) -> None:
+    # How the lab rack uses it: systems come and go at runtime, each with its own account.
+    pw = secrets.token_hex(6)
+    machine = MemoryMachine("node-w")
+    with RedfishLab(tmp_path / "redfish") as endpoint:
+        address = endpoint.add(machine, username="admin", password=pw)
+        assert address == endpoint.address("node-w")
+        assert driver(
+            endpoint, "node-w", password=pw, verify_tls=True, ca_bundle=endpoint.ca_path
+        ).get_power() is (PowerState.OFF)
+        endpoint.remove("node-w")
+        with pytest.raises(BmcError):
+            driver(endpoint, "node-w", password=pw).get_power()
+    assert (tmp_path / "redfish" / "ca.pem").is_file(), "a workdir is the caller's and outlives stop()"
+
+
 def test_set_power_waits_for_a_slow_power_transition() -> None:
     machine = MemoryMachine("node-slow")
-    with RedfishLab([machine], password=PASSWORD, power_delay=1.0) as endpoint:
+    with RedfishLab(machines=[machine], password=PASSWORD, power_delay=1.0) as endpoint:
         driver(endpoint, "node-slow", timeout=10).set_power(PowerState.ON)
         assert machine.is_powered_on(), "set_power returned before the BMC reported the new state"
         with pytest.raises(BmcError) as caught:
@@ -170,7 +203,7 @@ def test_password_never_appears_in_errors_or_logs(lab: RedfishLab, caplog: pytes
 
 
 def test_stop_releases_the_port_and_thread() -> None:
-    endpoint = RedfishLab([MemoryMachine("node-x")], password=PASSWORD)
+    endpoint = RedfishLab(machines=[MemoryMachine("node-x")], password=PASSWORD)
     endpoint.start()
     port = endpoint.port
     assert endpoint.running

@@ -84,7 +84,9 @@ def test_good_addresses_parse_and_match_the_crd_pattern(text: str, expected: Bmc
 def test_bad_addresses_are_rejected_by_parser_and_crd_pattern(text: str) -> None:
     with pytest.raises(ValueError, match="accepted forms"):
         parse_bmc_address(text)
-    assert not re.search(BMC_ADDRESS_PATTERN, text), "the API server would accept an address the provider rejects"
+    assert not re.search(BMC_ADDRESS_PATTERN, text), (
+        "the API server would accept an address the provider rejects"
+    )
 
 
 def test_credentials_in_the_url_are_refused_without_echoing_them() -> None:

@@ -107,7 +107,9 @@ def bmc(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBmc]:
 
 
 def driver(timeout: float = 2.0) -> IpmiDriver:
-    return IpmiDriver(parse_bmc_address("ipmi://192.0.2.10"), BmcCredentials("admin", PASSWORD), timeout=timeout)
+    return IpmiDriver(
+        parse_bmc_address("ipmi://192.0.2.10"), BmcCredentials("admin", PASSWORD), timeout=timeout
+    )
 
 
 def test_reads_power_from_chassis_status(bmc: FakeBmc) -> None:
@@ -193,7 +195,9 @@ def test_boot_device(bmc: FakeBmc, device: BootDevice, persistent: bool, expecte
         (IpmiException("Unrecognized RMCP code 99"), BmcErrorReason.PROTOCOL_ERROR),
     ],
 )
-def test_login_failures_are_classified(bmc: FakeBmc, login_error: BaseException, reason: BmcErrorReason) -> None:
+def test_login_failures_are_classified(
+    bmc: FakeBmc, login_error: BaseException, reason: BmcErrorReason
+) -> None:
     bmc.login_error = login_error
     with pytest.raises(BmcError) as caught:
         driver().get_power()
@@ -204,11 +208,16 @@ def test_login_failures_are_classified(bmc: FakeBmc, login_error: BaseException,
     ("status", "reason"),
     [
         ({"netfn": 1, "command": 1, "code": 0xFFFF, "error": "timeout"}, BmcErrorReason.TIMEOUT),
-        ({"netfn": 1, "command": 1, "code": 0xC1, "error": "Invalid command"}, BmcErrorReason.OPERATION_FAILED),
+        (
+            {"netfn": 1, "command": 1, "code": 0xC1, "error": "Invalid command"},
+            BmcErrorReason.OPERATION_FAILED,
+        ),
         ({"netfn": 1, "command": 1, "code": 0, "data": bytearray()}, BmcErrorReason.PROTOCOL_ERROR),
     ],
 )
-def test_command_failures_are_classified(bmc: FakeBmc, status: dict[str, Any], reason: BmcErrorReason) -> None:
+def test_command_failures_are_classified(
+    bmc: FakeBmc, status: dict[str, Any], reason: BmcErrorReason
+) -> None:
     bmc.status_reply = status
     with pytest.raises(BmcError) as caught:
         driver().get_power()

@@ -8,15 +8,14 @@ import ssl
 from collections.abc import Iterator
 from typing import Any
 
-import pyghmi.redfish.command
 import pytest
+from lab.redfish import LabCertificates
 from pyghmi.exceptions import PyghmiException, RedfishError
 
 from capi_provider.bmc import BmcCredentials, BmcError, BmcErrorReason, BootDevice, PowerState
 from capi_provider.bmc import redfish as redfish_module
 from capi_provider.bmc.address import parse_bmc_address
 from capi_provider.bmc.redfish import CertificateRejected, RedfishDriver, TrustedCAVerifier
-from lab.redfish import LabCertificates
 
 PASSWORD = "Pa55-distinctive-7f3a"
 ADDRESS = "redfish://192.0.2.20/redfish/v1/Systems/1"
@@ -85,7 +84,7 @@ def fish(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRedfish]:
             fake.boot = (bootdev, persist)
             return {"bootdev": bootdev}
 
-    monkeypatch.setattr(pyghmi.redfish.command, "Command", FakeCommand)
+    monkeypatch.setattr(redfish_module, "_session_tracking_command", lambda: FakeCommand)
     monkeypatch.setattr(redfish_module, "POLL_INTERVAL", 0.01)
     yield fake
 
@@ -155,7 +154,9 @@ def test_tls_modes_choose_the_right_callback(fish: FakeRedfish) -> None:
         (KeyError("Members"), BmcErrorReason.PROTOCOL_ERROR),
     ],
 )
-def test_login_failures_are_classified(fish: FakeRedfish, login_error: BaseException, reason: BmcErrorReason) -> None:
+def test_login_failures_are_classified(
+    fish: FakeRedfish, login_error: BaseException, reason: BmcErrorReason
+) -> None:
     fish.login_error = login_error
     with pytest.raises(BmcError) as caught:
         driver().get_power()
@@ -219,7 +220,9 @@ def certs() -> LabCertificates:
     return LabCertificates(hosts=("127.0.0.1", "localhost"))
 
 
-def test_ca_verifier_accepts_a_certificate_from_the_bundle_for_the_dialled_host(certs: LabCertificates) -> None:
+def test_ca_verifier_accepts_a_certificate_from_the_bundle_for_the_dialled_host(
+    certs: LabCertificates,
+) -> None:
     assert TrustedCAVerifier(certs.ca_pem, "127.0.0.1")(certs.cert_der)
     assert TrustedCAVerifier(certs.ca_pem, "localhost")(certs.cert_der)
 
