@@ -52,6 +52,10 @@ lab-up: deps ## start the lab in the background (HOSTS=n); kubeconfig in .lab/ku
 lab-down: ## stop everything lab-up started
 	@$(PY) -m lab down --dir .lab
 
+.PHONY: generate
+generate: venv ## regenerate config/crd/bases from capi_provider/api/types.py
+	$(PY) -m capi_provider.api.crds config/crd/bases
+
 .PHONY: lint
 lint: venv ## ruff
 	$(VENV)/bin/ruff check capi_provider hack tests

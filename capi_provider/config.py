@@ -35,8 +35,11 @@ class Settings:
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
         p = argparse.ArgumentParser(prog="python -m capi_provider", description=__doc__)
-        p.add_argument("--namespace", default=os.environ.get("WATCH_NAMESPACE") or None,
-                       help="watch one namespace (default: all)")
+        p.add_argument(
+            "--namespace",
+            default=os.environ.get("WATCH_NAMESPACE") or None,
+            help="watch one namespace (default: all)",
+        )
         p.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", 8081)))
         p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
         p.add_argument("--poll-interval", type=float, default=_env_float("CAPBM_POLL_INTERVAL", 30.0))

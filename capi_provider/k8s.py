@@ -73,10 +73,18 @@ class Kube:
             raise
 
     # ------------------------------------------------------------------ custom objects
-    async def get(self, group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
         try:
             return await self._run(
-                f"get {plural}", self.custom.get_namespaced_custom_object, group, version, namespace, plural, name
+                f"get {plural}",
+                self.custom.get_namespaced_custom_object,
+                group,
+                version,
+                namespace,
+                plural,
+                name,
             )
         except NotFound:
             return None
@@ -114,8 +122,18 @@ class Kube:
         )
         json_patch = isinstance(body, list)
         kwargs = {"_content_type": "application/json-patch+json"} if json_patch else {}
-        return await self._run(f"patch {plural}{'/status' if status else ''}", fn, group, version, namespace,
-                               plural, name, body, json_patch=json_patch, **kwargs)
+        return await self._run(
+            f"patch {plural}{'/status' if status else ''}",
+            fn,
+            group,
+            version,
+            namespace,
+            plural,
+            name,
+            body,
+            json_patch=json_patch,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ core
     async def get_secret(self, namespace: str, name: str) -> SecretData | None:

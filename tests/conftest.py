@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from lab.cluster import ManagementCluster
 from lab.lab import Lab, LabConfig
 

@@ -33,9 +33,26 @@ def eventually(what: str, fn: Callable[[], T | None], timeout: float = 120, inte
 def ipmitool_power(m: LabMachine) -> str:
     """The host's power as the independent Debian ipmitool client reads it from the lab BMC."""
     out = subprocess.run(
-        ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(m.bmc_port), "-U", m.bmc_user,
-         "-P", m.bmc_password, "chassis", "power", "status"],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            "ipmitool",
+            "-I",
+            "lanplus",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(m.bmc_port),
+            "-U",
+            m.bmc_user,
+            "-P",
+            m.bmc_password,
+            "chassis",
+            "power",
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     return "on" if "is on" in out else "off" if "is off" in out else out.strip()
 

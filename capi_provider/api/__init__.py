@@ -28,7 +28,8 @@ CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
 PAUSED_ANNOTATION = "cluster.x-k8s.io/paused"
 MANAGED_BY_ANNOTATION = "cluster.x-k8s.io/managed-by"
 
-# Host labels an operator sets for topology; the failure-domain one is what Machine.spec.failureDomain matches.
+# Host labels an operator sets for topology; the failure-domain one is what Machine.spec.failureDomain
+# matches.
 FAILURE_DOMAIN_LABEL = f"{GROUP}/failure-domain"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"

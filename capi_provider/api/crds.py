@@ -1,4 +1,5 @@
-"""CustomResourceDefinitions generated from the API types (`python -m capi_provider.api.crds config/crd/bases`).
+"""CustomResourceDefinitions generated from the API types
+(`python -m capi_provider.api.crds config/crd/bases`, or `make generate`).
 
 Each CRD carries the CAPI contract label (without it CAPI cannot resolve our v1beta2-style references) and
 the clusterctl provider label; printer columns are chosen for an operator's `kubectl get`.

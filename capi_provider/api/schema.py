@@ -5,7 +5,8 @@ It plays the role controller-gen plays for Go providers: the Python types are th
 `config/crd/bases/*.yaml` is generated from them (`make generate`; a test fails when the files drift).
 
 Conventions: attribute names are the JSON field names (camelCase); a field without a default is required;
-`Optional[X]` / `X | None` fields are optional; field-level validation and descriptions go in `api_field(...)`;
+`Optional[X]` / `X | None` fields are optional; field-level validation and descriptions go in
+`api_field(...)`;
 class-level CEL rules in `@api_type(cel=[...])`; the class docstring is the object's description.
 """
 
@@ -43,6 +44,11 @@ class Cel:
 
 
 _META = "capi_provider.api"
+# corev1.ResourceQuantity's pattern, as upstream CRDs carry it.
+_QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 
 
 def api_field(
@@ -64,7 +70,9 @@ def api_field(
     list_map_keys: tuple[str, ...] = (),
     nullable: bool = False,
 ) -> Any:
-    """A dataclass field plus its OpenAPI facts. `schema_default=False` keeps a Python default out of the CRD."""
+    """A dataclass field plus its OpenAPI facts.
+
+    `schema_default=False` keeps a Python default out of the CRD."""
     meta = {
         "description": description,
         "pattern": pattern,
@@ -136,7 +144,7 @@ def schema_for_type(tp: Any) -> dict[str, Any]:
         # Same shape as corev1.ResourceQuantity in upstream CRDs.
         return {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+            "pattern": _QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
             # Bounds CEL's cost estimate for rules over quantities inside lists.
             "maxLength": 64,
@@ -232,7 +240,8 @@ def _convert(tp: Any, value: Any) -> Any:
 
 
 def to_obj(instance: Any) -> Any:
-    """The JSON form of a typed value, leaving out None fields (so patches never null out fields by accident)."""
+    """The JSON form of a typed value, leaving out None fields (so patches never null out fields by
+    accident)."""
     if dataclasses.is_dataclass(instance) and not isinstance(instance, type):
         out = {}
         for f in dataclasses.fields(instance):

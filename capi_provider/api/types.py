@@ -19,7 +19,8 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 MAC_PATTERN = r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$"
 # RFC 1123 subdomain: what a Kubernetes object name can be.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-SSH_PUBLIC_KEY_PATTERN = r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+=*( .*)?$"
+_SSH_KEY_TYPES = "ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521"
+SSH_PUBLIC_KEY_PATTERN = rf"^({_SSH_KEY_TYPES}) [A-Za-z0-9+/]+=*( .*)?$"
 
 _POSITIVE_QUANTITY = Cel(
     "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
@@ -47,15 +48,16 @@ _BMC_ADDRESS_RULES = (
     ),
     Cel(_REDFISH_PATH_OK, "a Redfish BMC address must end in /redfish/v1/Systems/<id>"),
     Cel(
-        f"!({_SCHEME_OK} && !self.contains('@') && {_REDFISH_PATH_OK}) || self.matches(r'{BMC_ADDRESS_PATTERN}')",
-        "malformed BMC address: the host must be a DNS name, an IPv4 address or an [IPv6] address in brackets, "
-        "and the port 1-65535",
+        f"!({_SCHEME_OK} && !self.contains('@') && {_REDFISH_PATH_OK}) || "
+        f"self.matches(r'{BMC_ADDRESS_PATTERN}')",
+        "malformed BMC address: the host must be a DNS name, an IPv4 address or an [IPv6] address in "
+        "brackets, and the port 1-65535",
     ),
 )
 _MAC = (Cel(f"self.matches('{MAC_PATTERN}')", "must be a MAC address such as 0c:c4:7a:12:34:56"),)
 
 
-# ============================================================================================ common
+# ============================================================================================== common
 
 
 @dataclass(kw_only=True)
@@ -87,7 +89,7 @@ class LocalObjectRef:
     name: str = api_field("Name of the object.", min_length=1, max_length=253)
 
 
-# ============================================================================================ BareMetalHost
+# ======================================================================================= BareMetalHost
 
 
 @dataclass(kw_only=True)
@@ -99,8 +101,6 @@ class BMCDetails:
         "`redfish://host[:port]/redfish/v1/Systems/<id>` (HTTPS; also written `redfish+https://`), or "
         "`redfish+http://...` for a BMC without TLS. Credentials never go in the URL.",
         max_length=512,
-        # CEL rather than an OpenAPI pattern: each mistake gets a message an operator can act on instead of
-        # a page-long regular expression. The last rule is the complete grammar (same as the Go/Python parser).
         cel=_BMC_ADDRESS_RULES,
     )
     credentialsName: str = api_field(
@@ -167,7 +167,9 @@ class NIC:
         default=None,
         max_length=64,
     )
-    gateway: str | None = api_field("Default gateway for this interface, if any.", default=None, max_length=64)
+    gateway: str | None = api_field(
+        "Default gateway for this interface, if any.", default=None, max_length=64
+    )
 
 
 @dataclass(kw_only=True)
@@ -216,9 +218,7 @@ class BareMetalHostSpec:
     )
 
 
-HostState = Literal[
-    "registering", "available", "provisioning", "provisioned", "deprovisioning", "error"
-]
+HostState = Literal["registering", "available", "provisioning", "provisioned", "deprovisioning", "error"]
 PowerStateName = Literal["on", "off", "unknown"]
 
 
@@ -226,7 +226,9 @@ PowerStateName = Literal["on", "off", "unknown"]
 class HostError:
     """The last failure seen on the host."""
 
-    type: str = api_field("Category, e.g. CredentialsRejected, BMCUnreachable, HostKeyMismatch.", max_length=64)
+    type: str = api_field(
+        "Category, e.g. CredentialsRejected, BMCUnreachable, HostKeyMismatch.", max_length=64
+    )
     message: str = api_field("What went wrong, in words an operator can act on.", max_length=4096)
     time: Timestamp = api_field("When it happened.")
 
@@ -250,7 +252,9 @@ class BareMetalHostStatus:
         default=None,
     )
     powerState: PowerStateName | None = api_field("Power as last read from the BMC.", default=None)
-    lastError: HostError | None = api_field("The last failure; cleared when the host is healthy again.", default=None)
+    lastError: HostError | None = api_field(
+        "The last failure; cleared when the host is healthy again.", default=None
+    )
     errorCount: int | None = api_field("Consecutive failed BMC operations.", default=None, minimum=0)
     lastPowerOperation: PowerOperation | None = api_field("The last power change made.", default=None)
     lastPolled: Timestamp | None = api_field("When the BMC was last read successfully.", default=None)
@@ -269,7 +273,7 @@ class BareMetalHostStatus:
     )
 
 
-# ============================================================================================ BareMetalMachine
+# ==================================================================================== BareMetalMachine
 
 
 @dataclass(kw_only=True)
@@ -296,7 +300,9 @@ class LabelSelectorRequirement:
 class HostSelector:
     """Which hosts, by label, may serve the machine (AND of all terms; an empty selector matches all)."""
 
-    matchLabels: dict[str, str] | None = api_field("Labels the host must carry with these values.", default=None)
+    matchLabels: dict[str, str] | None = api_field(
+        "Labels the host must carry with these values.", default=None
+    )
     matchExpressions: list[LabelSelectorRequirement] | None = api_field(
         "Label conditions the host must meet.", default=None, max_items=32
     )
@@ -315,7 +321,9 @@ class HardwareRequirements:
     """Minimum hardware for the machine; among hosts that qualify the one with least excess is chosen."""
 
     minCPUCores: int | None = api_field("Fewest CPU cores.", default=None, minimum=1)
-    minMemory: Quantity | None = api_field("Least memory, e.g. 32Gi.", default=None, cel=(_POSITIVE_QUANTITY,))
+    minMemory: Quantity | None = api_field(
+        "Least memory, e.g. 32Gi.", default=None, cel=(_POSITIVE_QUANTITY,)
+    )
     architecture: Architecture | None = api_field("Required CPU architecture.", default=None)
     disk: DiskRequirement | None = api_field("A disk the host must have.", default=None)
 
@@ -390,7 +398,9 @@ class BareMetalMachineStatus:
         default=None,
         max_length=64,
     )
-    steps: list[ProvisioningStep] | None = api_field("Provisioning steps with timestamps.", default=None, max_items=32)
+    steps: list[ProvisioningStep] | None = api_field(
+        "Provisioning steps with timestamps.", default=None, max_items=32
+    )
     conditions: list[Condition] | None = api_field(
         "Ready (mirrored by CAPI into the Machine's InfrastructureReady), HostClaimed, Provisioned, Paused.",
         default=None,
@@ -400,7 +410,7 @@ class BareMetalMachineStatus:
     )
 
 
-# ============================================================================================ templates, cluster
+# ================================================================================== templates, cluster
 
 
 @dataclass(kw_only=True)
@@ -461,7 +471,9 @@ class BareMetalMachineTemplateStatus:
 class APIEndpoint:
     """Where the workload cluster's API server is reached."""
 
-    host: str = api_field("DNS name or IP (a kube-vip VIP in the default flavor).", min_length=1, max_length=512)
+    host: str = api_field(
+        "DNS name or IP (a kube-vip VIP in the default flavor).", min_length=1, max_length=512
+    )
     port: int = api_field("Port.", minimum=1, maximum=65535)
 
 

@@ -20,7 +20,12 @@ What we rely on in pyghmi 1.6.19 (`pyghmi/ipmi/private/session.py`), and why the
   password, Kg), so two `Command`s for one BMC share one session and a new password opens a new one.
   Keepalives only run while some thread pumps the loop, so an idle session may expire on the BMC; pyghmi
   then times out once and re-logs in transparently. `close()` logs the session out; because sessions are
-  shared, callers must not use two drivers for the same BMC at once (the runner's per-BMC lock ensures that).
+  shared, two drivers must not work on one BMC at once (the runner's per-BMC lock and `BoundedCaller`'s
+  per-BMC bookkeeping ensure that).
+* A pyghmi bug we work around: a half-open session is filed under the credentials as passed in but
+  unfiled under their encoded form, so with `str` credentials a session that dies (logout, BMC reboot,
+  timeouts) is handed back to every later `Command` for that BMC and credentials, forever. We pass bytes
+  (see `_login`); `test_a_new_driver_works_after_the_previous_one_logged_out` guards it.
 * We never call `get_power`/`set_power` on `Command`: both run OEM detection first (`oem_init`: an extra Get
   Device ID round trip and vendor code paths, some of which open HTTPS side channels). Chassis Status and
   Chassis Control are standard and sent raw; `set_bootdev` does not touch OEM code and is used as is.
@@ -85,7 +90,7 @@ class IpmiDriver:
         self._address = address
         self._creds = creds
         self._timeout = timeout
-        self._describe = f"ipmi://{address.host}:{address.port}"
+        self._describe = str(address)  # ipmi://host:port, IPv6 in brackets
         self._caller = BoundedCaller(self._describe)
         self._cmd: Any = None  # pyghmi.ipmi.command.Command once logged in
         self._closed = False

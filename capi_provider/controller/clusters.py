@@ -30,7 +30,9 @@ async def reconcile_cluster(ctx: Context, body: Any) -> float:
     status: dict[str, Any] = {}
     owner = owner_cluster_name(body)
     cluster = (
-        await ctx.kube.get(api.CAPI_GROUP, api.CAPI_VERSION, "clusters", key.namespace, owner) if owner else None
+        await ctx.kube.get(api.CAPI_GROUP, api.CAPI_VERSION, "clusters", key.namespace, owner)
+        if owner
+        else None
     )
     paused = api.PAUSED_ANNOTATION in (body["metadata"].get("annotations") or {}) or bool(
         cluster and (cluster.get("spec") or {}).get("paused")
@@ -41,35 +43,46 @@ async def reconcile_cluster(ctx: Context, body: Any) -> float:
         endpoint = spec.get("controlPlaneEndpoint") or {}
         cluster_endpoint = ((cluster or {}).get("spec") or {}).get("controlPlaneEndpoint") or {}
         if owner is None:
-            conds = set_condition(conds, READY, False, "WaitingForClusterOwner", "no CAPI Cluster owns this yet",
-                                  generation)
+            conds = set_condition(
+                conds, READY, False, "WaitingForClusterOwner", "no CAPI Cluster owns this yet", generation
+            )
         elif endpoint.get("host") or cluster_endpoint.get("host"):
             conds = set_condition(conds, READY, True, "Ready", "", generation)
             status["initialization"] = {"provisioned": True}
             if spec.get("failureDomains"):
                 status["failureDomains"] = spec["failureDomains"]
         else:
-            conds = set_condition(conds, READY, False, "WaitingForControlPlaneEndpoint",
-                                  "set spec.controlPlaneEndpoint here or on the Cluster", generation)
+            conds = set_condition(
+                conds,
+                READY,
+                False,
+                "WaitingForControlPlaneEndpoint",
+                "set spec.controlPlaneEndpoint here or on the Cluster",
+                generation,
+            )
     status["conditions"] = conds
     changed = not same_ignoring_time(current.get("conditions"), conds) or any(
         current.get(k) != v for k, v in status.items() if k != "conditions"
     )
     if changed:
-        await ctx.kube.patch(api.GROUP, api.VERSION, api.CLUSTERS, key.namespace, key.name, {"status": status},
-                             status=True)
+        await ctx.kube.patch(
+            api.GROUP, api.VERSION, api.CLUSTERS, key.namespace, key.name, {"status": status}, status=True
+        )
     return 600.0
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.CLUSTERS, id="cluster", cancellation_backoff=1.0, cancellation_timeout=10.0)
-async def cluster_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo,
-                         logger: logging.Logger, **_: Any) -> None:
+@kopf.daemon(
+    api.GROUP, api.VERSION, api.CLUSTERS, id="cluster", cancellation_backoff=1.0, cancellation_timeout=10.0
+)
+async def cluster_daemon(
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
     while not stopped:
         try:
             delay = await reconcile_cluster(ctx, body)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("reconcile of %s failed; retrying", key)
             delay = 30.0
         await ctx.wakers.sleep(KIND, key, delay, stopped)
@@ -77,4 +90,4 @@ async def cluster_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kop
 
 @kopf.on.event(api.GROUP, api.VERSION, api.CLUSTERS, id="bmcluster-changed")
 def bmcluster_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.ctx.wakers.wake(KIND, ObjKey.of(body))
+    memo.ctx.wakers.wake_on_change(KIND, body)

@@ -37,6 +37,7 @@ class Wakers:
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, ObjKey], asyncio.Event] = {}
+        self._seen: dict[tuple[str, ObjKey], int] = {}
 
     def event(self, kind: str, key: ObjKey) -> asyncio.Event:
         ev = self._events.get((kind, key))
@@ -52,6 +53,26 @@ class Wakers:
             if k == kind and (keys is None or key in keys):
                 ev.set()
 
+    def wake_on_change(self, kind: str, body: Any) -> bool:
+        """Wake the object's daemon if something other than its status changed. Status is written by the
+        daemon itself: waking on it would turn every status write into another pass (a hot loop)."""
+        key = ObjKey.of(body)
+        meta = body["metadata"]
+        fingerprint = hash(
+            (
+                meta.get("generation"),
+                repr(sorted((meta.get("labels") or {}).items())),
+                repr(sorted((meta.get("annotations") or {}).items())),
+                repr(meta.get("ownerReferences")),
+                meta.get("deletionTimestamp"),
+            )
+        )
+        if self._seen.get((kind, key)) == fingerprint:
+            return False
+        self._seen[(kind, key)] = fingerprint
+        self.wake(kind, key)
+        return True
+
     def wake_namespace(self, kind: str, namespace: str) -> None:
         for (k, key), ev in list(self._events.items()):
             if k == kind and key.namespace == namespace:
@@ -59,6 +80,7 @@ class Wakers:
 
     def forget(self, kind: str, key: ObjKey) -> None:
         self._events.pop((kind, key), None)
+        self._seen.pop((kind, key), None)
 
     async def sleep(self, kind: str, key: ObjKey, timeout: float, stopped: Any = None) -> None:
         """Wait until woken, stopped (kopf's daemon flag) or `timeout` seconds pass."""
@@ -89,6 +111,8 @@ class Context:
     warm_wanted: set[ObjKey] = field(default_factory=set)
     # Hosts last seen free (available, unclaimed): entering this set wakes machines waiting for a host.
     free_hosts: set[ObjKey] = field(default_factory=set)
+    # Last seen status.initialization.provisioned per machine: its host's state follows it.
+    machine_provisioned: dict[ObjKey, bool] = field(default_factory=dict)
     # Machines stopped by a failure retrying cannot fix (HostKeyMismatch, BootstrapFailed), with the host
     # generation they failed on: they try again only when the host's spec changes (or after a restart).
     blocked: dict[ObjKey, tuple[str, str, int]] = field(default_factory=dict)  # machine -> (reason, msg, gen)

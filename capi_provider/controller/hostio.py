@@ -35,7 +35,9 @@ def bmc_address(spec: BareMetalHostSpec) -> BmcAddress:
         raise HostAccessError("InvalidBMCAddress", str(e)) from None
 
 
-async def bmc_credentials(ctx: Context, namespace: str, spec: BareMetalHostSpec) -> tuple[BmcCredentials, str]:
+async def bmc_credentials(
+    ctx: Context, namespace: str, spec: BareMetalHostSpec
+) -> tuple[BmcCredentials, str]:
     """The BMC credentials and the Secret's resourceVersion (recorded once the BMC accepts them)."""
     name = spec.bmc.credentialsName
     secret = await ctx.kube.get_secret(namespace, name)
@@ -50,8 +52,12 @@ async def bmc_credentials(ctx: Context, namespace: str, spec: BareMetalHostSpec)
 
 
 async def bmc_op(
-    ctx: Context, spec: BareMetalHostSpec, creds: BmcCredentials, op: Callable[[BmcDriver], T],
-    *, timeout: float | None = None,
+    ctx: Context,
+    spec: BareMetalHostSpec,
+    creds: BmcCredentials,
+    op: Callable[[BmcDriver], T],
+    *,
+    timeout: float | None = None,
 ) -> T:
     """Run `op` against the host's BMC; one operation at a time per BMC, bounded."""
     address = bmc_address(spec)
@@ -73,8 +79,12 @@ async def bmc_op(
 
 
 async def with_bmc(
-    ctx: Context, namespace: str, spec: BareMetalHostSpec, op: Callable[[BmcDriver], T],
-    *, timeout: float | None = None,
+    ctx: Context,
+    namespace: str,
+    spec: BareMetalHostSpec,
+    op: Callable[[BmcDriver], T],
+    *,
+    timeout: float | None = None,
 ) -> T:
     """Like bmc_op, reading the credentials first (fresh each time: a rotated Secret applies at once)."""
     creds, _ = await bmc_credentials(ctx, namespace, spec)
@@ -106,16 +116,26 @@ async def with_ssh(
 
     def run() -> T:
         if wait > 0:
-            shell = wait_for_ssh(s.address, s.port, s.user, key, s.hostKey, timeout=wait,
-                                 connect_timeout=ctx.settings.ssh_connect_timeout)
+            shell = wait_for_ssh(
+                s.address,
+                s.port,
+                s.user,
+                key,
+                s.hostKey,
+                timeout=wait,
+                connect_timeout=ctx.settings.ssh_connect_timeout,
+            )
         else:
-            shell = HostShell.connect(s.address, s.port, s.user, key, s.hostKey,
-                                      timeout=ctx.settings.ssh_connect_timeout)
+            shell = HostShell.connect(
+                s.address, s.port, s.user, key, s.hostKey, timeout=ctx.settings.ssh_connect_timeout
+            )
         with shell:
             return op(shell)
 
     try:
-        return await ctx.ssh.call(f"ssh:{host}", run, timeout=wait + timeout + ctx.settings.ssh_connect_timeout)
+        return await ctx.ssh.call(
+            f"ssh:{host}", run, timeout=wait + timeout + ctx.settings.ssh_connect_timeout
+        )
     except HostKeyMismatch as e:
         raise HostAccessError("HostKeyMismatch", str(e)) from None
     except SSHAuthFailed as e:

@@ -10,7 +10,7 @@ import re
 import shlex
 
 from capi_provider.api.types import BareMetalHostSpec
-from capi_provider.bmc.base import BootDevice, BmcDriver, PowerState
+from capi_provider.bmc.base import BmcDriver, BootDevice, PowerState
 from capi_provider.controller.context import Context, ObjKey
 from capi_provider.controller.hostio import HostAccessError, sudo, with_bmc, with_ssh
 from capi_provider.ssh import HostShell
@@ -30,7 +30,9 @@ def scrub(text: str) -> str:
     return _TOKEN.sub("<token>", text)
 
 
-async def power_on_for_provisioning(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, keep_running: bool) -> str:
+async def power_on_for_provisioning(
+    ctx: Context, host: ObjKey, spec: BareMetalHostSpec, keep_running: bool
+) -> str:
     """Boot from disk. A host that is already on is power-cycled so it starts clean, unless it is a warm-pool
     host (booted by us after being cleaned, SSH verified), which is the whole point of keeping it warm."""
 
@@ -62,8 +64,12 @@ async def deliver_seed(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, file
             else:
                 from capi_provider.ssh.client import write_file_command
 
-                shell.run(sudo(user, write_file_command(f"{SEED_DIR}/{name}", 0o600)), stdin=content,
-                          timeout=60, check=True)
+                shell.run(
+                    sudo(user, write_file_command(f"{SEED_DIR}/{name}", 0o600)),
+                    stdin=content,
+                    timeout=60,
+                    check=True,
+                )
 
     await with_ssh(ctx, host, spec, op, timeout=120)
 
@@ -112,7 +118,9 @@ async def clean_host(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, cleani
         res = shell.run(sudo(user, command), timeout=ctx.settings.reset_timeout + ctx.settings.wipe_timeout)
         if res.exit_code != 0:
             tail = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()[-2:]
-            raise HostAccessError("CleaningFailed", f"cleanup exited {res.exit_code}: {scrub(' | '.join(tail))}")
+            raise HostAccessError(
+                "CleaningFailed", f"cleanup exited {res.exit_code}: {scrub(' | '.join(tail))}"
+            )
         return "reset" + (" and wiped" if cleaning == "metadata" else "")
 
     return await with_ssh(ctx, host, spec, op, timeout=ctx.settings.reset_timeout + ctx.settings.wipe_timeout)
@@ -123,8 +131,13 @@ async def read_power(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> Pow
 
 
 async def power_off(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> None:
-    await with_bmc(ctx, host.namespace, spec, lambda d: d.set_power(PowerState.OFF),
-                   timeout=ctx.settings.power_settle_timeout)
+    await with_bmc(
+        ctx,
+        host.namespace,
+        spec,
+        lambda d: d.set_power(PowerState.OFF),
+        timeout=ctx.settings.power_settle_timeout,
+    )
 
 
 async def deprovision(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, cleaning: str) -> list[str]:

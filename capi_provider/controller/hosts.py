@@ -44,7 +44,14 @@ class HostMonitor:
             creds, version = await bmc_credentials(self.ctx, rec.key.namespace, rec.spec)
             power = await bmc_op(self.ctx, rec.spec, creds, lambda d: d.get_power())
         except HostAccessError as e:
-            return h.BmcObservation(error_reason=e.reason, error_message=e.message)
+            message = e.message
+            if e.reason == "CredentialsRejected":
+                # Say which Secret to fix; the BMC's own words follow.
+                message = (
+                    f"the BMC rejected the credentials in Secret {rec.key.namespace}/"
+                    f"{rec.spec.bmc.credentialsName}: {e.message}"
+                )
+            return h.BmcObservation(error_reason=e.reason, error_message=message)
         self.credentials_version = version
         return h.BmcObservation(power=power.value)
 
@@ -69,13 +76,20 @@ class HostMonitor:
         changed = before is None or before.power != obs.power or before.error_reason != obs.error_reason
         return self.schedule.next_delay(obs.ok, changed)
 
-    async def enforce_free_power(self, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger) -> h.BmcObservation:
+    async def enforce_free_power(
+        self, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger
+    ) -> h.BmcObservation:
         warm = rec.key in self.ctx.warm_wanted
         want = h.desired_free_power(rec.spec.online, warm)
         if obs.power != want:
             try:
-                await with_bmc(self.ctx, rec.key.namespace, rec.spec,
-                               lambda d: d.set_power(PowerState(want)), timeout=self.ctx.settings.power_settle_timeout)
+                await with_bmc(
+                    self.ctx,
+                    rec.key.namespace,
+                    rec.spec,
+                    lambda d: d.set_power(PowerState(want)),
+                    timeout=self.ctx.settings.power_settle_timeout,
+                )
             except HostAccessError as e:
                 return h.BmcObservation(power=obs.power, error_reason=e.reason, error_message=e.message)
             reason = "WarmPool" if warm and not rec.spec.online else "OnlineSpec"
@@ -86,8 +100,14 @@ class HostMonitor:
         if warm and obs.power == "on" and not self.warm_verified:
             # Warm means usable at once: booted, SSH up, host key verified. Waits (bounded) for the boot.
             try:
-                await with_ssh(self.ctx, rec.key, rec.spec, lambda shell: None,
-                               wait=self.ctx.settings.boot_timeout, timeout=5)
+                await with_ssh(
+                    self.ctx,
+                    rec.key,
+                    rec.spec,
+                    lambda shell: None,
+                    wait=self.ctx.settings.boot_timeout,
+                    timeout=5,
+                )
                 self.warm_verified = True
             except HostAccessError as e:
                 logger.warning("%s: warm host not usable over SSH: %s", rec.key, e)
@@ -101,12 +121,17 @@ class HostMonitor:
         kube = self.ctx.kube
         fresh = await kube.get(api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name)
         ref = ((fresh or {}).get("spec") or {}).get("consumerRef") or {}
-        if not fresh or (ref.get("namespace"), ref.get("name")) != (rec.consumer.namespace, rec.consumer.name):
+        if not fresh or (ref.get("namespace"), ref.get("name")) != (
+            rec.consumer.namespace,
+            rec.consumer.name,
+        ):
             return False
         consumer = await kube.get(api.GROUP, api.VERSION, api.MACHINES, ref["namespace"], ref["name"])
         return consumer is None
 
-    async def finish_orphan(self, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger) -> h.BmcObservation:
+    async def finish_orphan(
+        self, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger
+    ) -> h.BmcObservation:
         """The machine holding this host is gone (deleted while its BMC was dead, or finalizers removed by
         hand). Finish its deprovisioning: the host returns to the pool only once it is really off."""
         if not obs.ok:
@@ -147,8 +172,15 @@ class HostMonitor:
         if visible_change:
             if obs.ok:
                 new["lastPolled"] = now()
-            await self.ctx.kube.patch(api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name,
-                                      {"status": new}, status=True)
+            await self.ctx.kube.patch(
+                api.GROUP,
+                api.VERSION,
+                api.HOSTS,
+                rec.key.namespace,
+                rec.key.name,
+                {"status": new},
+                status=True,
+            )
 
     def report_transitions(self, body: Any, obs: h.BmcObservation) -> None:
         """Events for changes an operator should hear about, once per change, never per poll."""
@@ -162,13 +194,21 @@ class HostMonitor:
         elif not obs.error_reason and prev_error:
             kopf.info(body, reason="BMCRecovered", message=f"BMC answers again; power {obs.power}")
         elif self.observation is None and obs.ok:
-            kopf.info(body, reason="Registered", message=f"BMC reachable, credentials accepted, power {obs.power}")
+            kopf.info(
+                body, reason="Registered", message=f"BMC reachable, credentials accepted, power {obs.power}"
+            )
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.HOSTS, id="monitor", cancellation_backoff=1.0, cancellation_timeout=10.0)
+@kopf.daemon(
+    api.GROUP, api.VERSION, api.HOSTS, id="monitor", cancellation_backoff=1.0, cancellation_timeout=10.0
+)
 async def host_daemon(
-    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
-    machine_inventory: kopf.Index, **_: Any,
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    machine_inventory: kopf.Index,
+    **_: Any,
 ) -> None:
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
@@ -176,7 +216,7 @@ async def host_daemon(
     while not stopped:
         try:
             delay = await monitor.pass_once(body, machine_inventory, logger)
-        except Exception:  # noqa: BLE001 - keep monitoring; the next pass may well succeed
+        except Exception:
             logger.exception("monitoring %s failed; retrying", key)
             delay = 30.0
         await ctx.wakers.sleep(KIND, key, delay, stopped)
@@ -189,7 +229,7 @@ def host_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -
     rec = host_record(body)
     if rec.consumer is not None:
         ctx.pending_claims.pop(key, None)  # the watch caught up with our claim
-    ctx.wakers.wake(KIND, key)
+    ctx.wakers.wake_on_change(KIND, body)
     free = rec.consumer is None and rec.state == "available" and not rec.deleting
     if free and key not in ctx.free_hosts:
         # A host just became usable: machines waiting for one get another look.
@@ -205,13 +245,21 @@ def secret_changed(body: kopf.Body, memo: kopf.Memo, host_inventory: kopf.Index,
     """A rotated BMC password or SSH key: look again now instead of at the next poll."""
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     for rec in records(host_inventory):
-        if rec.key.namespace == ns and name in (rec.spec.bmc.credentialsName, rec.spec.ssh.privateKeySecretName):
+        if rec.key.namespace == ns and name in (
+            rec.spec.bmc.credentialsName,
+            rec.spec.ssh.privateKeySecretName,
+        ):
             memo.ctx.wakers.wake(KIND, rec.key)
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.HOSTS, id="host-delete")
 async def host_deleted(
-    body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, machine_inventory: kopf.Index, retry: int, **_: Any
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    machine_inventory: kopf.Index,
+    retry: int,
+    **_: Any,
 ) -> None:
     """A host leaving the inventory is powered off first: nothing would manage it afterwards. A host still
     serving a live machine is not pulled from under it: delete (or scale down) the machine first."""
@@ -225,15 +273,26 @@ async def host_deleted(
         mrec = one(machine_inventory, rec.consumer)
         if mrec is not None and not mrec.deleting:
             raise kopf.TemporaryError(
-                f"in use by BareMetalMachine {rec.consumer}: delete or scale down that machine first", delay=30
+                f"in use by BareMetalMachine {rec.consumer}: delete or scale down that machine first",
+                delay=30,
             )
     try:
-        await with_bmc(ctx, rec.key.namespace, rec.spec, lambda d: d.set_power(PowerState.OFF),
-                       timeout=ctx.settings.power_settle_timeout)
+        await with_bmc(
+            ctx,
+            rec.key.namespace,
+            rec.spec,
+            lambda d: d.set_power(PowerState.OFF),
+            timeout=ctx.settings.power_settle_timeout,
+        )
     except HostAccessError as e:
         if retry < 4:
-            raise kopf.TemporaryError(f"powering off before removal: {e.reason}: {e.message}", delay=15) from None
-        kopf.warn(body, reason="RemovedWithoutPowerOff",
-                  message=f"BMC still failing ({e.reason}); removed from inventory, power state unknown")
+            raise kopf.TemporaryError(
+                f"powering off before removal: {e.reason}: {e.message}", delay=15
+            ) from None
+        kopf.warn(
+            body,
+            reason="RemovedWithoutPowerOff",
+            message=f"BMC still failing ({e.reason}); removed from inventory, power state unknown",
+        )
         return
     logger.info("%s powered off and removed from the inventory", rec.key)

@@ -79,22 +79,39 @@ class MachineReconciler:
             k: v for k, v in before.items() if k != "conditions"
         } == {k: v for k, v in after.items() if k != "conditions"}:
             return
-        await self.ctx.kube.patch(api.GROUP, api.VERSION, api.MACHINES, self.key.namespace, self.key.name,
-                                  {"status": self.status}, status=True)
+        await self.ctx.kube.patch(
+            api.GROUP,
+            api.VERSION,
+            api.MACHINES,
+            self.key.namespace,
+            self.key.name,
+            {"status": self.status},
+            status=True,
+        )
         self._written_status = copy.deepcopy(self.status)
 
-    def conditions(self, *, claimed: tuple[bool, str, str],
-                   provisioned: tuple[bool | str, str, str] | None = None) -> None:
+    def conditions(
+        self, *, claimed: tuple[bool, str, str], provisioned: tuple[bool | str, str, str] | None = None
+    ) -> None:
         self.status["conditions"] = m.summarize(
-            self.status.get("conditions"), claimed=claimed, provisioned=provisioned, generation=self.generation
+            self.status.get("conditions"),
+            claimed=claimed,
+            provisioned=provisioned,
+            generation=self.generation,
         )
         done = bool((self.status.get("initialization") or {}).get("provisioned"))
         reason = provisioned[1] if provisioned else claimed[1]
         self.status["phase"] = m.phase_for(reason if claimed[0] else claimed[1], done)
 
     async def annotate(self, annotations: dict[str, str | None]) -> None:
-        await self.ctx.kube.patch(api.GROUP, api.VERSION, api.MACHINES, self.key.namespace, self.key.name,
-                                  {"metadata": {"annotations": annotations}})
+        await self.ctx.kube.patch(
+            api.GROUP,
+            api.VERSION,
+            api.MACHINES,
+            self.key.namespace,
+            self.key.name,
+            {"metadata": {"annotations": annotations}},
+        )
 
     # ------------------------------------------------------------------ the loop body
     async def reconcile(self) -> float:
@@ -108,27 +125,41 @@ class MachineReconciler:
         kube = self.ctx.kube
         machine_name = owner_machine_name(self.body)
         if machine_name is None:
-            self.conditions(claimed=(False, m.WAITING_FOR_MACHINE, "waiting for the CAPI Machine to own this"))
+            self.conditions(
+                claimed=(False, m.WAITING_FOR_MACHINE, "waiting for the CAPI Machine to own this")
+            )
             return LONG
-        machine = await kube.get(api.CAPI_GROUP, api.CAPI_VERSION, "machines", self.key.namespace, machine_name)
+        machine = await kube.get(
+            api.CAPI_GROUP, api.CAPI_VERSION, "machines", self.key.namespace, machine_name
+        )
         if machine is None:
             self.conditions(claimed=(False, m.WAITING_FOR_MACHINE, f"Machine {machine_name} not found"))
             return LONG
         cluster_name = (machine.get("spec") or {}).get("clusterName")
-        cluster = await kube.get(api.CAPI_GROUP, api.CAPI_VERSION, "clusters", self.key.namespace, cluster_name)
+        cluster = await kube.get(
+            api.CAPI_GROUP, api.CAPI_VERSION, "clusters", self.key.namespace, cluster_name
+        )
         paused = is_paused(self.body, cluster)
         self.status["conditions"] = m.paused_condition(self.status.get("conditions"), paused, self.generation)
         if paused:
             self.status["phase"] = "Paused"
             return LONG
-        if not ((cluster or {}).get("status") or {}).get("initialization", {}).get("infrastructureProvisioned"):
-            self.conditions(claimed=(False, m.WAITING_FOR_CLUSTER, f"Cluster {cluster_name} infrastructure not ready"))
+        if (
+            not ((cluster or {}).get("status") or {})
+            .get("initialization", {})
+            .get("infrastructureProvisioned")
+        ):
+            self.conditions(
+                claimed=(False, m.WAITING_FOR_CLUSTER, f"Cluster {cluster_name} infrastructure not ready")
+            )
             return LONG
 
         host = claimed_host(self.body, self.hosts)
         if host is None:
             if (self.body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION):
-                self.conditions(claimed=(False, m.HOST_DELETED, "the BareMetalHost serving this machine is gone"))
+                self.conditions(
+                    claimed=(False, m.HOST_DELETED, "the BareMetalHost serving this machine is gone")
+                )
                 return LONG
             host = await self.claim(machine)
             if host is None:
@@ -143,9 +174,7 @@ class MachineReconciler:
             failure_domain=(machine.get("spec") or {}).get("failureDomain") or None,
         )
         pending = self.ctx.pending_claims
-        candidates = [
-            rec for rec in records(self.hosts) if rec.key.namespace == self.key.namespace
-        ]
+        candidates = [rec for rec in records(self.hosts) if rec.key.namespace == self.key.namespace]
         facts = [rec.facts(claimed_locally=rec.key in pending) for rec in candidates]
         by_name = {rec.key.name: rec for rec in candidates}
         for choice in best_fit(request, facts):
@@ -162,8 +191,12 @@ class MachineReconciler:
     async def _try_claim(self, rec: HostRecord) -> bool:
         """Take the host only if it is exactly as we saw it (resourceVersion test): two machines, or two
         replicas, can never both win."""
-        ref = {"kind": "BareMetalMachine", "name": self.key.name, "namespace": self.key.namespace,
-               "uid": self.body["metadata"]["uid"]}
+        ref = {
+            "kind": "BareMetalMachine",
+            "name": self.key.name,
+            "namespace": self.key.namespace,
+            "uid": self.body["metadata"]["uid"],
+        }
         ops = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": rec.resource_version},
             {"op": "add", "path": "/spec/consumerRef", "value": ref},
@@ -199,8 +232,14 @@ class MachineReconciler:
             )
             step = m.next_step(facts)
             if step == m.WAITING_FOR_BOOTSTRAP:
-                self.conditions(claimed=claimed, provisioned=(False, m.WAITING_FOR_BOOTSTRAP,
-                                                              "host booted; waiting for CAPI bootstrap data"))
+                self.conditions(
+                    claimed=claimed,
+                    provisioned=(
+                        False,
+                        m.WAITING_FOR_BOOTSTRAP,
+                        "host booted; waiting for CAPI bootstrap data",
+                    ),
+                )
                 return LONG
             if step == "Finalize":
                 await self.finalize(host, machine)
@@ -271,14 +310,16 @@ class MachineReconciler:
             raise HostAccessError("BootstrapDataMissing", f"bootstrap Secret {data_secret} has no `value`")
         fmt = secret.data.get("format", b"cloud-config").decode()
         if fmt != "cloud-config":
-            raise HostAccessError("UnsupportedBootstrapFormat",
-                                  f"bootstrap format {fmt!r}: only cloud-config is supported")
+            raise HostAccessError(
+                "UnsupportedBootstrapFormat", f"bootstrap format {fmt!r}: only cloud-config is supported"
+            )
         overrides = None
         if self.spec.seedTemplatesRef:
             overrides = await self.ctx.kube.get_configmap(self.key.namespace, self.spec.seedTemplatesRef.name)
             if overrides is None:
-                raise HostAccessError("SeedTemplatesMissing",
-                                      f"ConfigMap {self.spec.seedTemplatesRef.name} does not exist")
+                raise HostAccessError(
+                    "SeedTemplatesMissing", f"ConfigMap {self.spec.seedTemplatesRef.name} does not exist"
+                )
         hw = host.spec.hardware
         inputs = SeedInputs(
             bootstrap_data=secret.data["value"].decode(),
@@ -302,9 +343,14 @@ class MachineReconciler:
         uid = self.body["metadata"]["uid"]
         pid = self.spec.providerID or m.provider_id(self.key.namespace, host.key.name, uid)
         if not self.spec.providerID:
-            await self.ctx.kube.patch(api.GROUP, api.VERSION, api.MACHINES, self.key.namespace, self.key.name,
-                                      {"spec": {"providerID": pid},
-                                       "metadata": {"annotations": {BLOCK_MOVE: None}}})
+            await self.ctx.kube.patch(
+                api.GROUP,
+                api.VERSION,
+                api.MACHINES,
+                self.key.namespace,
+                self.key.name,
+                {"spec": {"providerID": pid}, "metadata": {"annotations": {BLOCK_MOVE: None}}},
+            )
             self.spec.providerID = pid
             kopf.info(self.body, reason="Provisioned", message=f"{host.key.name} provisioned as {pid}")
         self.status["initialization"] = {"provisioned": True}
@@ -314,25 +360,33 @@ class MachineReconciler:
         fd = host.labels.get(api.FAILURE_DOMAIN_LABEL)
         if fd:
             self.status["failureDomain"] = fd
-        self.conditions(claimed=(True, "HostClaimed", f"BareMetalHost {host.key.name}"),
-                        provisioned=(True, "Provisioned", ""))
+        self.conditions(
+            claimed=(True, "HostClaimed", f"BareMetalHost {host.key.name}"),
+            provisioned=(True, "Provisioned", ""),
+        )
         self.ctx.wakers.wake("host", host.key)
 
 
 # ====================================================================================== kopf handlers
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.MACHINES, id="provision", cancellation_backoff=1.0, cancellation_timeout=10.0)
+@kopf.daemon(
+    api.GROUP, api.VERSION, api.MACHINES, id="provision", cancellation_backoff=1.0, cancellation_timeout=10.0
+)
 async def machine_daemon(
-    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
-    host_inventory: kopf.Index, **_: Any,
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    host_inventory: kopf.Index,
+    **_: Any,
 ) -> None:
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
     while not stopped:
         try:
             delay = await MachineReconciler(ctx, body, host_inventory, logger).reconcile()
-        except Exception:  # noqa: BLE001 - one bad pass must not end the daemon; try again later
+        except Exception:
             logger.exception("reconcile of %s failed; retrying", key)
             delay = 30.0
         await ctx.wakers.sleep(KIND, key, delay, stopped)
@@ -340,11 +394,16 @@ async def machine_daemon(
 
 @kopf.on.event(api.GROUP, api.VERSION, api.MACHINES, id="machine-changed")
 def machine_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.ctx.wakers.wake(KIND, ObjKey.of(body))
+    ctx: Context = memo.ctx
+    key = ObjKey.of(body)
+    changed = ctx.wakers.wake_on_change(KIND, body)
     host = (body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION)
-    if host and "/" in host:
+    provisioned = bool(((body.get("status") or {}).get("initialization") or {}).get("provisioned"))
+    flipped = ctx.machine_provisioned.get(key) != provisioned
+    ctx.machine_provisioned[key] = provisioned
+    if host and "/" in host and (changed or flipped):
         # The host's provisioningState follows its machine's progress.
-        memo.ctx.wakers.wake("host", ObjKey(*host.split("/", 1)))
+        ctx.wakers.wake("host", ObjKey(*host.split("/", 1)))
 
 
 @kopf.on.event(api.CAPI_GROUP, api.CAPI_VERSION, "machines", id="capi-machine-changed")
@@ -378,8 +437,9 @@ async def machine_deleted(
     if machine_name:
         capi_m = await ctx.kube.get(api.CAPI_GROUP, api.CAPI_VERSION, "machines", key.namespace, machine_name)
         if capi_m:
-            cluster = await ctx.kube.get(api.CAPI_GROUP, api.CAPI_VERSION, "clusters", key.namespace,
-                                         capi_m["spec"].get("clusterName"))
+            cluster = await ctx.kube.get(
+                api.CAPI_GROUP, api.CAPI_VERSION, "clusters", key.namespace, capi_m["spec"].get("clusterName")
+            )
     if is_paused(body, cluster):
         raise kopf.TemporaryError("paused: deprovisioning waits until the cluster is unpaused", delay=15)
     host = claimed_host(body, host_inventory)
@@ -391,11 +451,16 @@ async def machine_deleted(
         notes = await hostops.deprovision(ctx, host.key, host.spec, spec.cleaning)
     except HostAccessError as e:
         if retry + 1 < ctx.settings.deprovision_power_attempts:
-            raise kopf.TemporaryError(f"deprovisioning {host.key.name}: {e.reason}: {e.message}", delay=10) from None
+            raise kopf.TemporaryError(
+                f"deprovisioning {host.key.name}: {e.reason}: {e.message}", delay=10
+            ) from None
         # The Machine must not hang on a dead BMC: the host stays claimed (out of the pool, visibly
         # deprovisioning) and the host controller keeps trying until it is really off, then frees it.
-        kopf.warn(body, reason="DeprovisioningDeferred",
-                  message=f"{host.key.name}: {e.reason}; the host stays out of the pool until it powers off")
+        kopf.warn(
+            body,
+            reason="DeprovisioningDeferred",
+            message=f"{host.key.name}: {e.reason}; the host stays out of the pool until it powers off",
+        )
         ctx.wakers.wake("host", host.key)
         return
     ctx.power_events[host.key] = {"action": "off", "reason": "Deprovisioning"}

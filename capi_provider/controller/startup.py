@@ -16,7 +16,9 @@ from capi_provider.k8s import Kube, load_api_client
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
     config: Settings = memo.settings
     settings.persistence.finalizer = api.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.KOPF_ANNOTATION_PREFIX)

@@ -39,7 +39,13 @@ def set_condition(
                 c["observedGeneration"] = generation
         out.append(c)
     if not found:
-        new = {"type": type_, "status": status_s, "reason": reason, "message": message, "lastTransitionTime": now()}
+        new = {
+            "type": type_,
+            "status": status_s,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now(),
+        }
         if generation is not None:
             new["observedGeneration"] = generation
         out.append(new)

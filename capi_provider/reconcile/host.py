@@ -34,7 +34,10 @@ CONFIG_ERRORS = {"InvalidBMCAddress", "CredentialsSecretMissing", "CredentialsRe
 
 
 def host_state(
-    consumer: bool, consumer_phase: ConsumerPhase | None, observation: BmcObservation | None, deprovisioning: bool
+    consumer: bool,
+    consumer_phase: ConsumerPhase | None,
+    observation: BmcObservation | None,
+    deprovisioning: bool,
 ) -> str:
     """registering → available ⇄ provisioning → provisioned → deprovisioning → available; error for a free
     host whose BMC is not usable."""
@@ -68,7 +71,7 @@ class PollSchedule:
         if not ok:
             self._healthy_streak = 0
             self._error_streak += 1
-            delay = min(self.error_max, 2.0 * 2 ** (self._error_streak - 1))
+            delay = min(self.error_max, 2.0 * 2 ** min(self._error_streak - 1, 16))
             return delay * random.uniform(0.8, 1.2)
         self._error_streak = 0
         self._healthy_streak = 0 if changed else self._healthy_streak + 1
@@ -80,7 +83,9 @@ def host_conditions(
 ) -> list[dict[str, Any]]:
     conds = existing
     if observation is None:
-        conds = set_condition(conds, BMC_REACHABLE, "Unknown", "Registering", "BMC not contacted yet", generation)
+        conds = set_condition(
+            conds, BMC_REACHABLE, "Unknown", "Registering", "BMC not contacted yet", generation
+        )
         return set_condition(conds, READY, False, "Registering", "BMC not contacted yet", generation)
     reason, message = observation.error_reason, observation.error_message or ""
     if observation.ok:
@@ -104,8 +109,10 @@ def error_status(
     """lastError and errorCount: the first occurrence of an error keeps its time; success clears both."""
     if observation is None or observation.ok:
         return None, 0
-    if previous and previous.get("type") == observation.error_reason and previous.get("message") == (
-        observation.error_message or ""
+    if (
+        previous
+        and previous.get("type") == observation.error_reason
+        and previous.get("message") == (observation.error_message or "")
     ):
         return previous, previous_count + 1
     return {"type": observation.error_reason, "message": observation.error_message or "", "time": now()}, (

@@ -134,7 +134,9 @@ def summarize(
     return set_condition(conds, READY, status, reason, message, generation)
 
 
-def paused_condition(conditions: list[dict[str, Any]] | None, paused: bool, generation: int | None) -> list[dict[str, Any]]:
+def paused_condition(
+    conditions: list[dict[str, Any]] | None, paused: bool, generation: int | None
+) -> list[dict[str, Any]]:
     if paused:
         return set_condition(conditions, PAUSED, True, "Paused", "Cluster or object is paused", generation)
     return set_condition(conditions, PAUSED, False, "NotPaused", "", generation)

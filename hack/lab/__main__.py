@@ -1,4 +1,5 @@
-"""`python -m lab up|down`: the lab in the background for exploring with kubectl (`make lab-up` / `make lab-down`).
+"""`python -m lab up|down`: the lab in the background for exploring with kubectl
+(`make lab-up` / `make lab-down`).
 
 `up` starts a detached supervisor that owns every lab process (they die with it: PDEATHSIG), waits until
 the lab is ready and returns; `down` stops the supervisor, which stops everything else.

@@ -128,8 +128,9 @@ class HostLab:
             self.redfish.stop()
 
     def apply(self, *docs: dict[str, Any]) -> None:
-        self.cluster.kubectl("apply", "--server-side", "--field-manager=lab", "-f", "-",
-                             input=yaml.safe_dump_all(docs))
+        self.cluster.kubectl(
+            "apply", "--server-side", "--field-manager=lab", "-f", "-", input=yaml.safe_dump_all(docs)
+        )
 
     # ------------------------------------------------------------------ hosts
     def add_host(
@@ -148,7 +149,7 @@ class HostLab:
         self.ensure_namespace(namespace)
         index = len(self.machines)
         ssh_address, ssh_port = loopback_address(index), free_port()
-        mac = "02:00:00:%02x:%02x:%02x" % ((index >> 16) & 0xFF, (index >> 8) & 0xFF, index & 0xFF)
+        mac = f"02:00:00:{(index >> 16) & 0xFF:02x}:{(index >> 8) & 0xFF:02x}:{index & 0xFF:02x}"
         host = LabHost(
             LabHostSpec(
                 name=name,
@@ -159,9 +160,12 @@ class HostLab:
                 hardware={
                     "cpuCores": profile.cpu_cores,
                     "memoryMiB": profile.memory_gib * 1024,
-                    "architecture": {"amd64": "x86_64", "arm64": "aarch64"}.get(profile.architecture,
-                                                                                profile.architecture),
-                    "disks": [{"name": f"/dev/{d}", "sizeBytes": size * 2**30} for d, _, size in profile.disks],
+                    "architecture": {"amd64": "x86_64", "arm64": "aarch64"}.get(
+                        profile.architecture, profile.architecture
+                    ),
+                    "disks": [
+                        {"name": f"/dev/{d}", "sizeBytes": size * 2**30} for d, _, size in profile.disks
+                    ],
                     "nics": [{"name": "eno1", "mac": mac}],
                 },
                 boot_delay_s=self.boot_delay if boot_delay is None else boot_delay,
@@ -177,8 +181,9 @@ class HostLab:
             address = bmc.address
         else:
             address = self._redfish().add(host, username="admin", password=password)
-        machine = LabMachine(name, host, protocol, address, "admin", password, ssh_address, ssh_port, mac, profile,
-                             namespace)
+        machine = LabMachine(
+            name, host, protocol, address, "admin", password, ssh_address, ssh_port, mac, profile, namespace
+        )
         self.machines[name] = machine
         if register:
             self.register(machine, online=online)

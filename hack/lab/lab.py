@@ -34,10 +34,18 @@ _BOOTSTRAP_NODE_RBAC: list[dict[str, Any]] = [
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
         "metadata": {"name": "lab:bootstrap-node-registration"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "lab:bootstrap-node-registration"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-                      "name": "system:bootstrappers:kubeadm:default-node-token"}],
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "lab:bootstrap-node-registration",
+        },
+        "subjects": [
+            {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Group",
+                "name": "system:bootstrappers:kubeadm:default-node-token",
+            }
+        ],
     },
 ]
 
@@ -53,15 +61,22 @@ class LabConfig:
     provider: bool = True
     kwok: bool = True
     provider_env: dict[str, str] = field(default_factory=dict)
-    cluster: LabOptions = field(default_factory=lambda: LabOptions(scheduler=True, control_plane_provider=True))
+    cluster: LabOptions = field(
+        default_factory=lambda: LabOptions(scheduler=True, control_plane_provider=True)
+    )
 
 
 class Lab:
     def __init__(self, config: LabConfig) -> None:
         self.config = config
         self.cluster = ManagementCluster(config.workdir / "cluster", config.cluster)
-        self.hosts = HostLab(config.workdir / "rack", self.cluster, namespace=config.namespace,
-                             boot_delay=config.boot_delay, boot_jitter=config.boot_jitter)
+        self.hosts = HostLab(
+            config.workdir / "rack",
+            self.cluster,
+            namespace=config.namespace,
+            boot_delay=config.boot_delay,
+            boot_jitter=config.boot_jitter,
+        )
         self.procs: dict[str, Proc] = {}
         self.provider_health_port = 0
 
@@ -101,11 +116,13 @@ class Lab:
     # ------------------------------------------------------------------ components
     def install_provider_crds(self) -> None:
         docs = [
-            yaml.safe_load(p.read_text()) for p in sorted((REPO_DIR / "config" / "crd" / "bases").glob("*.yaml"))
+            yaml.safe_load(p.read_text())
+            for p in sorted((REPO_DIR / "config" / "crd" / "bases").glob("*.yaml"))
         ]
         self.cluster.apply_docs(docs)
-        self.cluster.kubectl("wait", "--for=condition=Established", "crd",
-                             *(d["metadata"]["name"] for d in docs))
+        self.cluster.kubectl(
+            "wait", "--for=condition=Established", "crd", *(d["metadata"]["name"] for d in docs)
+        )
 
     def start_kwok(self) -> None:
         stages = []
@@ -144,14 +161,23 @@ class Lab:
         }
         proc = Proc(
             "provider",
-            [sys.executable, "-m", "capi_provider", f"--kubeconfig={self.cluster.kubeconfig}",
-             f"--health-port={self.provider_health_port}"],
+            [
+                sys.executable,
+                "-m",
+                "capi_provider",
+                f"--kubeconfig={self.cluster.kubeconfig}",
+                f"--health-port={self.provider_health_port}",
+            ],
             self.logs,
             env=env,
         ).start()
         self.procs["provider"] = proc
-        wait_until("provider /healthz", lambda: http_ok(f"http://127.0.0.1:{self.provider_health_port}/healthz"),
-                   60, [proc])
+        wait_until(
+            "provider /healthz",
+            lambda: http_ok(f"http://127.0.0.1:{self.provider_health_port}/healthz"),
+            60,
+            [proc],
+        )
         return proc
 
     def stop_provider(self) -> None:
@@ -163,12 +189,20 @@ class Lab:
         """Until `count` hosts of `namespace` are registered and available (their BMC answered)."""
 
         def ready() -> bool:
-            out = self.cluster.kubectl("get", "baremetalhosts", "-n", namespace, "-o",
-                                       "jsonpath={.items[*].status.provisioningState}", check=False).stdout
+            out = self.cluster.kubectl(
+                "get",
+                "baremetalhosts",
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.items[*].status.provisioningState}",
+                check=False,
+            ).stdout
             return out.split().count("available") >= count
 
-        wait_until(f"{count} hosts available in {namespace}", ready, timeout, list(self.procs.values()),
-                   interval=0.5)
+        wait_until(
+            f"{count} hosts available in {namespace}", ready, timeout, list(self.procs.values()), interval=0.5
+        )
 
     def wait_hosts_available(self, timeout: float = 120) -> None:
         self.wait_hosts_available_in(self.config.namespace, len(self.hosts.machines), timeout)

@@ -14,7 +14,8 @@ BootDevice = Literal["hd", "network", "optical", "setup", "default"]
 
 
 class SimMachine(Protocol):
-    """A machine as its BMC sees it. Every method is thread-safe and returns quickly (never waits for a boot)."""
+    """A machine as its BMC sees it. Every method is thread-safe and returns quickly (never waits for a
+    boot)."""
 
     name: str
 

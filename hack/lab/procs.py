@@ -35,7 +35,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Proc:
     """One long-running component with its output in `<logdir>/<name>.log`."""
 
-    def __init__(self, name: str, argv: Sequence[str | Path], logdir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self, name: str, argv: Sequence[str | Path], logdir: Path, env: dict[str, str] | None = None
+    ):
         self.name = name
         self.argv = [str(a) for a in argv]
         self.log_path = logdir / f"{name}.log"
@@ -50,7 +52,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(self._env or {})},
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for PDEATHSIG; no threads touch fork state here
+            preexec_fn=_die_with_parent,
         )
         log.close()
         return self
@@ -64,7 +66,9 @@ class Proc:
 
     def check_alive(self) -> None:
         if self.popen is not None and self.popen.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}; last log lines:\n{self.tail()}")
+            raise RuntimeError(
+                f"{self.name} exited with {self.popen.returncode}; last log lines:\n{self.tail()}"
+            )
 
     def tail(self, lines: int = 25) -> str:
         try:
@@ -96,7 +100,7 @@ def wait_until(
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - "not ready yet" takes many shapes (refused, 503, TLS reset)
+        except Exception:
             pass
         if time.monotonic() > deadline:
             tails = "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in procs)

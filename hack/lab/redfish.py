@@ -17,8 +17,8 @@ How sushy is embedded:
   resources accept any valid account.
 * TLS: a throwaway CA and a server certificate for 127.0.0.1/localhost/::1 are generated at start. Clients
   that should verify pass `ca_path`; the system trust store rejects it, like a real BMC's self-signed cert.
-* Served by werkzeug's threaded WSGI server in a background thread; `stop()` shuts it down and removes the
-  certificate/state directory.
+* Served by werkzeug's threaded WSGI server in a background thread; `stop()` shuts it down and removes its
+  temporary directory (a `workdir` given by the caller is kept).
 """
 
 from __future__ import annotations

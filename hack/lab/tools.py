@@ -61,7 +61,9 @@ def tool(name: str) -> Path:
         return Path(assets) / name
     path = cache_dir() / "bin" / f"{name}-{versions()[_TOOL_VERSION_KEY[name]]}"
     if not path.exists():
-        raise ToolMissing(f"{name} is not built: run `make tools` (or hack/build-tools.sh), or set the *_BIN variable")
+        raise ToolMissing(
+            f"{name} is not built: run `make tools` (or hack/build-tools.sh), or set the *_BIN variable"
+        )
     return path
 
 

@@ -28,8 +28,11 @@ def ca_secret(cluster: str, namespace: str, ca_crt: bytes, ca_key: bytes) -> dic
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": f"{cluster}-ca", "namespace": namespace,
-                     "labels": {"cluster.x-k8s.io/cluster-name": cluster}},
+        "metadata": {
+            "name": f"{cluster}-ca",
+            "namespace": namespace,
+            "labels": {"cluster.x-k8s.io/cluster-name": cluster},
+        },
         "type": "cluster.x-k8s.io/secret",
         "data": {"tls.crt": base64.b64encode(ca_crt).decode(), "tls.key": base64.b64encode(ca_key).decode()},
     }
@@ -72,13 +75,21 @@ def control_plane_machine(
         {
             "apiVersion": CAPI_V,
             "kind": "Machine",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"cluster.x-k8s.io/control-plane": ""}},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"cluster.x-k8s.io/control-plane": ""},
+            },
             "spec": {
                 "clusterName": cluster_name,
                 "version": version,
-                "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfig",
-                                            "name": name}},
+                "bootstrap": {
+                    "configRef": {
+                        "apiGroup": "bootstrap.cluster.x-k8s.io",
+                        "kind": "KubeadmConfig",
+                        "name": name,
+                    }
+                },
                 "infrastructureRef": {"apiGroup": INFRA, "kind": "BareMetalMachine", "name": name},
             },
         },
@@ -105,17 +116,25 @@ def machine_deployment(
         bootstrap: dict[str, Any] = {"dataSecretName": data_secret}
         docs: list[dict[str, Any]] = []
     else:
-        bootstrap = {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfigTemplate",
-                                   "name": name}}
+        bootstrap = {
+            "configRef": {
+                "apiGroup": "bootstrap.cluster.x-k8s.io",
+                "kind": "KubeadmConfigTemplate",
+                "name": name,
+            }
+        }
         docs = [
             {
                 "apiVersion": BOOT_V,
                 "kind": "KubeadmConfigTemplate",
                 "metadata": {"name": name, "namespace": namespace},
-                "spec": {"template": {"spec": {"joinConfiguration": {"nodeRegistration": NODE_REGISTRATION}}}},
+                "spec": {
+                    "template": {"spec": {"joinConfiguration": {"nodeRegistration": NODE_REGISTRATION}}}
+                },
             }
         ]
-    return docs + [
+    return [
+        *docs,
         {
             "apiVersion": INFRA_V,
             "kind": "BareMetalMachineTemplate",
@@ -134,7 +153,11 @@ def machine_deployment(
                         "clusterName": cluster_name,
                         "version": version,
                         "bootstrap": bootstrap,
-                        "infrastructureRef": {"apiGroup": INFRA, "kind": "BareMetalMachineTemplate", "name": name},
+                        "infrastructureRef": {
+                            "apiGroup": INFRA,
+                            "kind": "BareMetalMachineTemplate",
+                            "name": name,
+                        },
                     }
                 },
             },

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from lab.tools import REPO_DIR, tool
 
 pytestmark = pytest.mark.cluster
@@ -43,7 +42,13 @@ def test_lab_up_serves_capi_crds_and_lab_down_leaves_nothing(tmp_path: Path) -> 
         assert "ready" in up.stdout
         kubeconfig = workdir / "kubeconfig"
         got = subprocess.run(
-            [str(tool("kubectl")), f"--kubeconfig={kubeconfig}", "get", "crd", "machinedeployments.cluster.x-k8s.io"],
+            [
+                str(tool("kubectl")),
+                f"--kubeconfig={kubeconfig}",
+                "get",
+                "crd",
+                "machinedeployments.cluster.x-k8s.io",
+            ],
             capture_output=True,
             text=True,
             timeout=60,

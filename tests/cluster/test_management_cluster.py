@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 import yaml
-
 from lab.cluster import ManagementCluster
 
 pytestmark = pytest.mark.cluster
@@ -66,7 +65,9 @@ def _get(mgmt: ManagementCluster, *args: str) -> dict:
     return json.loads(mgmt.kubectl("get", *args, "-o", "json").stdout)
 
 
-def test_machinedeployment_is_defaulted_by_the_real_capi_webhook(mgmt: ManagementCluster, namespace: str) -> None:
+def test_machinedeployment_is_defaulted_by_the_real_capi_webhook(
+    mgmt: ManagementCluster, namespace: str
+) -> None:
     md = {
         "apiVersion": "cluster.x-k8s.io/v1beta2",
         "kind": "MachineDeployment",
@@ -114,7 +115,11 @@ def test_machinedeployment_webhook_rejects_invalid_objects(mgmt: ManagementClust
                     "clusterName": "c1",
                     "version": "not-a-version",
                     "bootstrap": {"dataSecretName": "unused"},
-                    "infrastructureRef": {"apiGroup": _THROWAWAY_GROUP, "kind": "LabTestMachineTemplate", "name": "t"},
+                    "infrastructureRef": {
+                        "apiGroup": _THROWAWAY_GROUP,
+                        "kind": "LabTestMachineTemplate",
+                        "name": "t",
+                    },
                 }
             },
         },
@@ -205,7 +210,8 @@ def test_machinedeployment_creates_machines_and_kubeadmconfigs(
         ):
             break
         assert time.monotonic() < deadline, (
-            f"CAPI created {len(machines)} machines, {len(configs)} kubeadmconfigs, {len(infra)} infra machines; "
+            f"CAPI created {len(machines)} machines, {len(configs)} kubeadmconfigs, "
+            f"{len(infra)} infra machines; "
             f"owners: {[o['metadata'].get('ownerReferences') for o in configs + infra]}"
         )
         time.sleep(1)

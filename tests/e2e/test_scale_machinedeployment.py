@@ -7,11 +7,11 @@ import time
 
 import pytest
 import yaml
-
 from lab import workload
 from lab.hostlab import HostProfile
 from lab.lab import Lab
 from lab.tools import versions
+
 from tests.helpers import eventually, get_json, hosts_by_name, ipmitool_power
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -20,9 +20,14 @@ CLUSTER = "c1"
 
 
 def _running_machines(lab: Lab, ns: str, deployment: str) -> list[dict]:
-    machines = get_json(lab.cluster, "machines", "-n", ns, "-l", f"cluster.x-k8s.io/deployment-name={deployment}")
-    return [m for m in machines["items"] if m.get("status", {}).get("phase") == "Running"
-            and m["status"].get("nodeRef", {}).get("name")]
+    machines = get_json(
+        lab.cluster, "machines", "-n", ns, "-l", f"cluster.x-k8s.io/deployment-name={deployment}"
+    )
+    return [
+        m
+        for m in machines["items"]
+        if m.get("status", {}).get("phase") == "Running" and m["status"].get("nodeRef", {}).get("name")
+    ]
 
 
 def test_scale_machinedeployment_provisions_and_releases_hosts(lab: Lab, namespace: str) -> None:
@@ -30,28 +35,40 @@ def test_scale_machinedeployment_provisions_and_releases_hosts(lab: Lab, namespa
     mgmt = lab.cluster
     version = versions()["KUBERNETES_VERSION"]
     cp_host = lab.hosts.add_host("cp-0", HostProfile(labels={"role": "control-plane"}), namespace=ns)
-    workers = [lab.hosts.add_host(f"w-{i}", HostProfile(labels={"role": "worker"}), namespace=ns)
-               for i in range(3)]
+    workers = [
+        lab.hosts.add_host(f"w-{i}", HostProfile(labels={"role": "worker"}), namespace=ns) for i in range(3)
+    ]
     docs = [workload.ca_secret(CLUSTER, ns, mgmt.ca_pem, mgmt.ca_key_pem)]
     docs += workload.cluster(CLUSTER, ns, mgmt.server)
     docs += workload.control_plane_machine(
         "cp-0", ns, CLUSTER, version, {"hostSelector": {"matchLabels": {"role": "control-plane"}}}
     )
     docs += workload.machine_deployment(
-        "workers", ns, CLUSTER, version, replicas=0, machine_spec={"hostSelector": {"matchLabels": {"role": "worker"}}}
+        "workers",
+        ns,
+        CLUSTER,
+        version,
+        replicas=0,
+        machine_spec={"hostSelector": {"matchLabels": {"role": "worker"}}},
     )
     mgmt.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
     # The control plane machine comes up first: kubeadm init on a lab host; CAPI then marks the control
     # plane initialized, which is what lets CAPBK produce join data for workers.
-    eventually("control plane machine Running", lambda: get_json(mgmt, "machine", "cp-0", "-n", ns)
-               .get("status", {}).get("nodeRef"), timeout=180)
+    eventually(
+        "control plane machine Running",
+        lambda: get_json(mgmt, "machine", "cp-0", "-n", ns).get("status", {}).get("nodeRef"),
+        timeout=180,
+    )
     assert ipmitool_power(cp_host) == "on"
 
     start = time.monotonic()
     mgmt.kubectl("scale", "machinedeployment", "workers", "-n", ns, "--replicas=3")
-    running = eventually("3 worker machines Running with a nodeRef",
-                         lambda: (r := _running_machines(lab, ns, "workers")) and len(r) == 3 and r, timeout=240)
+    running = eventually(
+        "3 worker machines Running with a nodeRef",
+        lambda: (r := _running_machines(lab, ns, "workers")) and len(r) == 3 and r,
+        timeout=240,
+    )
     scale_up_seconds = time.monotonic() - start
     print(f"scale 0->3: all Machines Running after {scale_up_seconds:.1f}s (lab boot delay 2.0±0.5s)")
 
@@ -92,9 +109,13 @@ def test_scale_machinedeployment_provisions_and_releases_hosts(lab: Lab, namespa
 
     def two_released() -> list[str] | None:
         hs = hosts_by_name(mgmt, ns)
-        free = [n for n in used_hosts if not hs[n]["spec"].get("consumerRef")
-                and hs[n].get("status", {}).get("provisioningState") == "available"
-                and hs[n]["status"].get("powerState") == "off"]
+        free = [
+            n
+            for n in used_hosts
+            if not hs[n]["spec"].get("consumerRef")
+            and hs[n].get("status", {}).get("provisioningState") == "available"
+            and hs[n]["status"].get("powerState") == "off"
+        ]
         return free if len(free) == 2 else None
 
     released = eventually("2 worker hosts released and powered off", two_released, timeout=180)
@@ -104,8 +125,11 @@ def test_scale_machinedeployment_provisions_and_releases_hosts(lab: Lab, namespa
 
     # Back to 3: the two free hosts are claimed again (the only matching ones).
     mgmt.kubectl("scale", "machinedeployment", "workers", "-n", ns, "--replicas=3")
-    running = eventually("3 worker machines Running again",
-                         lambda: (r := _running_machines(lab, ns, "workers")) and len(r) == 3 and r, timeout=240)
+    running = eventually(
+        "3 worker machines Running again",
+        lambda: (r := _running_machines(lab, ns, "workers")) and len(r) == 3 and r,
+        timeout=240,
+    )
     bmms = {b["metadata"]["name"]: b for b in get_json(mgmt, "baremetalmachines", "-n", ns)["items"]}
     reused = {bmms[m["spec"]["infrastructureRef"]["name"]]["status"]["host"]["name"] for m in running}
     assert reused == used_hosts

@@ -35,8 +35,16 @@ def host(name: str, cores: int, mem_gib: int, labels: dict | None = None, **kw) 
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("64Gi", 64 * GiB), ("1.5T", 1_500_000_000_000), ("500m", Fraction(1, 2)), ("2", 2), ("1e3", 1000),
-     ("0.5Ki", 512), (".5", Fraction(1, 2)), (7, 7)],
+    [
+        ("64Gi", 64 * GiB),
+        ("1.5T", 1_500_000_000_000),
+        ("500m", Fraction(1, 2)),
+        ("2", 2),
+        ("1e3", 1000),
+        ("0.5Ki", 512),
+        (".5", Fraction(1, 2)),
+        (7, 7),
+    ],
 )
 def test_parse_quantity(text: str | int, value: Fraction | int) -> None:
     assert parse_quantity(text) == value

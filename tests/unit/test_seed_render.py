@@ -22,8 +22,8 @@ write_files:
         - name: provider-id
           value: '{{ ds.meta_data.provider_id }}'
 runcmd:
-  - kubeadm join --config /run/kubeadm/kubeadm-join-config.yaml  && echo success > /run/cluster-api/bootstrap-success.complete
-"""
+  - kubeadm join --config /run/kubeadm/kubeadm-join-config.yaml  && {SENTINEL}
+""".replace("{SENTINEL}", "echo success > /run/cluster-api/bootstrap-success.complete")
 
 
 def inputs(**kw) -> SeedInputs:
@@ -104,7 +104,7 @@ def test_operator_override_replaces_one_file() -> None:
 
 
 def test_undefined_variables_are_errors_not_empty_strings() -> None:
-    with pytest.raises(SeedTemplateError, match="meta-data.*hostnme"):
+    with pytest.raises(SeedTemplateError, match=r"meta-data.*hostnme"):
         render_seed(inputs(), {"meta-data": "local-hostname: {{ hostnme }}\n"})
 
 
@@ -116,6 +116,8 @@ def test_templates_are_sandboxed() -> None:
 def test_errors_never_echo_the_bootstrap_data() -> None:
     secret = "abcdef.0123456789abcdef"
     with pytest.raises(SeedTemplateError) as e:
-        render_seed(inputs(bootstrap_data=f"token: {secret}"), {"user-data": "{{ bootstrap_data | nosuchfilter }}"})
+        render_seed(
+            inputs(bootstrap_data=f"token: {secret}"), {"user-data": "{{ bootstrap_data | nosuchfilter }}"}
+        )
     assert secret not in str(e.value)
     assert secret not in repr(inputs(bootstrap_data=secret))
