@@ -82,6 +82,16 @@ class HostMonitor:
         warm = rec.key in self.ctx.warm_wanted
         want = h.desired_free_power(rec.spec.online, warm)
         if obs.power != want:
+            # Changing the power of a server is not something to do on a watch view that may lag: the host
+            # may have been claimed a moment ago (its machine is powering it on). Confirm with the API.
+            if rec.key in self.ctx.pending_claims:
+                return obs
+            fresh = await self.ctx.kube.get(api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name)
+            if fresh is None or (fresh.get("spec") or {}).get("consumerRef"):
+                return obs
+            want = h.desired_free_power(bool((fresh.get("spec") or {}).get("online")), warm)
+            if obs.power == want:
+                return obs
             try:
                 await with_bmc(
                     self.ctx,

@@ -385,7 +385,13 @@ async def machine_daemon(
     key = ObjKey.of(body)
     while not stopped:
         try:
-            delay = await MachineReconciler(ctx, body, host_inventory, logger).reconcile()
+            # Read the object fresh: kopf's live body can lag behind our own last write, and a pass
+            # built on it would redo finished steps or write stale status back.
+            fresh = await ctx.kube.get(api.GROUP, api.VERSION, api.MACHINES, key.namespace, key.name)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                delay = LONG
+            else:
+                delay = await MachineReconciler(ctx, fresh, host_inventory, logger).reconcile()
         except Exception:
             logger.exception("reconcile of %s failed; retrying", key)
             delay = 30.0

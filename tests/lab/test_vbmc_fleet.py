@@ -206,13 +206,16 @@ def test_drop_fault_loses_the_configured_share_of_packets() -> None:
 
 
 def test_stop_closes_every_socket_and_ends_the_io_thread() -> None:
+    # Other fleets (a session-wide lab) may be running: only this fleet's thread must end.
+    before = {t for t in threading.enumerate() if t.name == "lab-bmc-fleet"}
     fleet = BmcFleet()
     fleet.start()
     ports = [fleet.add(MemoryMachine(f"node-{i}"), password="x").port for i in range(3)]
     assert fleet.running
+    assert {t for t in threading.enumerate() if t.name == "lab-bmc-fleet"} - before
     fleet.stop()
     assert not fleet.running
-    assert not any(t.name == "lab-bmc-fleet" for t in threading.enumerate())
+    assert {t for t in threading.enumerate() if t.name == "lab-bmc-fleet"} - before == set()
     for port in ports:  # the ports are free again: nothing holds them open
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         probe.bind(("127.0.0.1", port))
