@@ -156,6 +156,8 @@ class Lab:
             # The lab's hosts boot in seconds; the production defaults are sized for real servers.
             "CAPBM_POLL_INTERVAL": "10",
             "CAPBM_BOOT_TIMEOUT": "120",
+            # Dead-BMC tests should not wait out production timeouts.
+            "CAPBM_BMC_TIMEOUT": "5",
             **self.config.provider_env,
             **(extra_env or {}),
         }
