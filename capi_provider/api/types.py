@@ -179,7 +179,13 @@ class Hardware:
     cpuCores: int = api_field("Physical CPU cores.", minimum=1, maximum=4096)
     memory: Quantity = api_field("Installed memory, e.g. 256Gi.", cel=(_POSITIVE_QUANTITY,))
     architecture: Architecture = api_field("CPU architecture.", default="amd64")
-    disks: list[Disk] | None = api_field("Disks.", default=None, max_items=64, list_type="atomic")
+    disks: list[Disk] | None = api_field(
+        "Disks; the first is the one the operating system is installed on (never wiped, and what nodes "
+        "report as ephemeral-storage).",
+        default=None,
+        max_items=64,
+        list_type="atomic",
+    )
     nics: list[NIC] | None = api_field("Network interfaces.", default=None, max_items=64, list_type="atomic")
     extendedResources: dict[str, Quantity] | None = api_field(
         "Extended resources the node will advertise, e.g. `nvidia.com/gpu: 2`.", default=None
@@ -343,7 +349,9 @@ class BareMetalMachineSpec:
     requirements: HardwareRequirements | None = api_field("Minimum hardware.", default=None)
     cleaning: Literal["none", "metadata"] = api_field(
         "What to erase when the host is released: `metadata` wipes partition tables and filesystem "
-        "signatures of every disk (wipefs) so the next user starts clean; `none` keeps disk contents.",
+        "signatures of every data disk (wipefs; all disks but the first, which holds the operating system) "
+        "so the next user starts clean; `none` keeps disk contents. Either way the node leaves its cluster "
+        "(kubeadm reset) and the bootstrap seed, which holds a join token, is deleted.",
         default="metadata",
     )
     seedTemplatesRef: LocalObjectRef | None = api_field(

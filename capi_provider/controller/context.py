@@ -107,7 +107,8 @@ class Context:
     wakers: Wakers = field(default_factory=Wakers)
     # Hosts this replica claimed, until the watch shows the claim (prevents racing its own stale view).
     pending_claims: dict[ObjKey, ObjKey] = field(default_factory=dict)  # host -> machine
-    # Free hosts the warm-pool planner wants kept booted (computed from templates; see templates.py).
+    # Free hosts the warm pools want kept booted (computed per template; see templates.py) and their union.
+    warm_by_template: dict[ObjKey, set[ObjKey]] = field(default_factory=dict)
     warm_wanted: set[ObjKey] = field(default_factory=set)
     # Hosts last seen free (available, unclaimed): entering this set wakes machines waiting for a host.
     free_hosts: set[ObjKey] = field(default_factory=set)

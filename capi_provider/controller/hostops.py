@@ -101,10 +101,13 @@ async def run_bootstrap(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> 
 
 def cleanup_command(spec: BareMetalHostSpec, cleaning: str) -> str:
     """Leave the host the way the next user should find it: out of its cluster, no join token on disk, and
-    (cleaning=metadata) no partition tables or filesystem signatures. A failed wipe fails the command."""
+    (cleaning=metadata) no partition tables or filesystem signatures on its data disks. The first disk holds
+    the operating system the provider reaches over SSH, so it is never wiped. A failed wipe fails the
+    command."""
     command = f"kubeadm reset -f || true; rm -rf {SEED_DIR} /run/cluster-api; cloud-init clean --logs || true"
     if cleaning == "metadata":
-        wipes = [f"wipefs --all --force {shlex.quote('/dev/' + d.name)}" for d in spec.hardware.disks or []]
+        data_disks = (spec.hardware.disks or [])[1:]
+        wipes = [f"wipefs --all --force {shlex.quote('/dev/' + d.name)}" for d in data_disks]
         if wipes:
             command += "; " + " && ".join(wipes)
     return command

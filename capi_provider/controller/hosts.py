@@ -86,7 +86,9 @@ class HostMonitor:
             # may have been claimed a moment ago (its machine is powering it on). Confirm with the API.
             if rec.key in self.ctx.pending_claims:
                 return obs
-            fresh = await self.ctx.kube.get(api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name)
+            fresh = await self.ctx.kube.get(
+                api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name
+            )
             if fresh is None or (fresh.get("spec") or {}).get("consumerRef"):
                 return obs
             want = h.desired_free_power(bool((fresh.get("spec") or {}).get("online")), warm)

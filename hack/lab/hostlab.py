@@ -34,7 +34,8 @@ class HostProfile:
     cpu_cores: int = 16
     memory_gib: int = 64
     architecture: str = "amd64"
-    disks: tuple[tuple[str, str, int], ...] = (("sda", "SSD", 480),)  # (name, type, GiB)
+    # (name, type, GiB): the first holds the OS, the others are data disks `cleaning: metadata` wipes.
+    disks: tuple[tuple[str, str, int], ...] = (("sda", "SSD", 480), ("sdb", "SSD", 1920))
     labels: dict[str, str] = field(default_factory=dict)
     extended_resources: dict[str, str] = field(default_factory=dict)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from lab import workload
 from lab.hostlab import LabMachine
 from lab.lab import Lab
 from lab.tools import versions
+
 from tests.helpers import eventually, get_json, hosts_by_name, ipmitool_power
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -21,12 +21,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 SIGNS_THE_DISK = """#cloud-config
 runcmd:
   - mkswap /dev/sda
+  - mkswap /dev/sdb
   - mkdir -p /run/cluster-api && echo success > /run/cluster-api/bootstrap-success.complete
 """
 
 
-def _signatures(m: LabMachine) -> str:
-    disk = Path(m.host.root) / "dev" / "sda"
+def _signatures(m: LabMachine, disk_name: str = "sdb") -> str:
+    disk = Path(m.host.root) / "dev" / disk_name
     return subprocess.run(
         ["blkid", "-p", "-o", "value", "-s", "TYPE", str(disk)], capture_output=True, text=True
     ).stdout.strip()
@@ -92,6 +93,7 @@ def test_cleaning_metadata_wipes_disks_and_none_keeps_them(lab: Lab, namespace: 
         timeout=120,
     )
     assert _signatures(wiped) == "", "cleaning: metadata must remove filesystem signatures"
+    assert _signatures(wiped, "sda") == "swap", "the OS disk is never wiped"
     assert _signatures(kept) == "swap", "cleaning: none must keep the disk as it was"
     for m in (wiped, kept):
         assert ipmitool_power(m) == "off"
