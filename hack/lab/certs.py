@@ -56,6 +56,15 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: object) -> x509.
 
 
 class CertificateAuthority:
+    @classmethod
+    def load(cls, cert_pem: bytes, key_pem: bytes) -> CertificateAuthority:
+        """The lab's existing CA (to issue more client certificates later)."""
+        ca = cls.__new__(cls)
+        ca.cert = x509.load_pem_x509_certificate(cert_pem)
+        ca.key = serialization.load_pem_private_key(key_pem, password=None)  # type: ignore[assignment]
+        ca.name = ca.cert.subject
+        return ca
+
     def __init__(self, common_name: str = "kubernetes") -> None:
         # RSA because kubeadm's CA hash and some clients expect it; keys are small to keep startup fast.
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -141,6 +141,12 @@ class ManagementCluster:
         self.ports["apiserver"] = free_port()
         self.write_kubeconfig(self.kubeconfig, "lab-admin", self.pki / "admin.crt", self.pki / "admin.key")
 
+    def client_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for its own identity, so the audit log tells its requests apart."""
+        ca = certs.CertificateAuthority.load(self.ca_pem, self.ca_key_pem)
+        crt, key = ca.issue(user, organizations=groups, client=True).write(self.pki, f"user-{user}")
+        return self.write_kubeconfig(self.workdir / f"{user}.kubeconfig", user, crt, key)
+
     def write_kubeconfig(
         self,
         path: Path,

@@ -249,5 +249,13 @@ class HostLab:
     def register(self, m: LabMachine, online: bool = False) -> None:
         self.apply(self.credentials_secret(m), self.host_object(m, online))
 
+    def register_many(self, machines: list[LabMachine], batch: int = 50) -> None:
+        """Register many hosts with few API round trips (a rack at once)."""
+        for i in range(0, len(machines), batch):
+            docs: list[dict[str, Any]] = []
+            for m in machines[i : i + batch]:
+                docs += [self.credentials_secret(m), self.host_object(m)]
+            self.apply(*docs)
+
     def set_fault(self, name: str, mode: str, **kw: Any) -> None:
         self.fleet.set_fault(name, mode, **kw)  # type: ignore[arg-type]

@@ -106,6 +106,7 @@ def machine_deployment(
     annotations: dict[str, str] | None = None,
     warm_pool: int | None = None,
     data_secret: str | None = None,
+    node_labels: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """A MachineDeployment on BareMetalMachineTemplate. Bootstrap: CAPBK (a KubeadmConfigTemplate) unless
     `data_secret` names user-provided bootstrap data (CAPI then skips the bootstrap provider)."""
@@ -149,6 +150,8 @@ def machine_deployment(
                 "clusterName": cluster_name,
                 "replicas": replicas,
                 "template": {
+                    # CAPI copies node.cluster.x-k8s.io/* labels from Machines to their Nodes.
+                    "metadata": {"labels": node_labels or {}},
                     "spec": {
                         "clusterName": cluster_name,
                         "version": version,
