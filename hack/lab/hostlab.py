@@ -145,6 +145,9 @@ class HostLab:
         boot_delay: float | None = None,
         namespace: str | None = None,
     ) -> LabMachine:
+        if name in self.machines:
+            # One rack: names are unique across namespaces (each host has its own root dir and BMC).
+            raise ValueError(f"lab host {name!r} exists already")
         profile = profile or HostProfile()
         namespace = namespace or self.namespace
         self.ensure_namespace(namespace)

@@ -26,9 +26,9 @@ def _apply(lab: Lab, docs: list[dict]) -> None:
 def test_template_capacity_tracks_the_best_fit_free_host(lab: Lab, namespace: str) -> None:
     ns = namespace
     gpu = HostProfile(cpu_cores=16, memory_gib=64, extended_resources={"nvidia.com/gpu": "2"})
-    lab.hosts.add_host("small", HostProfile(cpu_cores=8, memory_gib=32), namespace=ns)
-    lab.hosts.add_host("medium", gpu, namespace=ns)
-    lab.hosts.add_host("big", HostProfile(cpu_cores=64, memory_gib=512, architecture="amd64"), namespace=ns)
+    lab.hosts.add_host("cap-small", HostProfile(cpu_cores=8, memory_gib=32), namespace=ns)
+    lab.hosts.add_host("cap-medium", gpu, namespace=ns)
+    lab.hosts.add_host("cap-big", HostProfile(cpu_cores=64, memory_gib=512, architecture="amd64"), namespace=ns)
     lab.wait_hosts_available_in(ns, 3)
     _apply(lab, [*workload.cluster("c1", ns, lab.cluster.server), workload.bootstrap_data_secret("boot", ns)])
     _apply(
@@ -62,10 +62,10 @@ def test_template_capacity_tracks_the_best_fit_free_host(lab: Lab, namespace: st
     lab.cluster.kubectl("scale", "machinedeployment", "md", "-n", ns, "--replicas=1")
     st = eventually("capacity of the 64-core host", lambda: status_with("64"), timeout=90)
     assert st["capacity"]["memory"] == "512Gi" and st["matchingHosts"] == 1
-    assert hosts_by_name(lab.cluster, ns)["medium"]["spec"]["consumerRef"]
+    assert hosts_by_name(lab.cluster, ns)["cap-medium"]["spec"]["consumerRef"]
 
     # A better-fitting server is racked: it becomes the next node.
-    lab.hosts.add_host("new", HostProfile(cpu_cores=12, memory_gib=48), namespace=ns)
+    lab.hosts.add_host("cap-new", HostProfile(cpu_cores=12, memory_gib=48), namespace=ns)
     st = eventually("capacity of the new 12-core host", lambda: status_with("12"), timeout=90)
     assert st["matchingHosts"] == 2
     # `kubectl get` tells the operator how many hosts back the node group.
