@@ -112,6 +112,9 @@ class Context:
     warm_wanted: set[ObjKey] = field(default_factory=set)
     # Hosts last seen free (available, unclaimed): entering this set wakes machines waiting for a host.
     free_hosts: set[ObjKey] = field(default_factory=set)
+    # SSH connections kept open between the provisioning steps of one host (key: host). Each is used by
+    # one runner thread at a time (the SSH runner serializes per host).
+    shells: dict[ObjKey, Any] = field(default_factory=dict)
     # Last seen status.initialization.provisioned per machine: its host's state follows it.
     machine_provisioned: dict[ObjKey, bool] = field(default_factory=dict)
     # Machines stopped by a failure retrying cannot fix (HostKeyMismatch, BootstrapFailed), with the host

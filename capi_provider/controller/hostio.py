@@ -109,13 +109,23 @@ async def with_ssh(
     *,
     wait: float = 0.0,
     timeout: float,
+    keep: bool = False,
 ) -> T:
-    """Connect (retrying for up to `wait` seconds while the OS boots), then run `op` within `timeout`."""
+    """Connect (retrying for up to `wait` seconds while the OS boots), then run `op` within `timeout`.
+
+    `keep` leaves the connection open for the host's next step (provisioning runs several in a row; a
+    fresh key exchange per step costs a real network round trips and CPU on both ends). Any failure drops
+    it, and the host key was verified when it was opened."""
     key = await ssh_private_key(ctx, host.namespace, spec)
     s = spec.ssh
 
     def run() -> T:
-        if wait > 0:
+        shell = ctx.shells.pop(host, None)
+        if shell is not None and not shell.alive():
+            shell.close()
+            shell = None
+        if shell is None and wait > 0:
+            # Retry at least every 2 s: a refused SYN costs nothing, and the machine is Running that much sooner.
             shell = wait_for_ssh(
                 s.address,
                 s.port,
@@ -124,13 +134,22 @@ async def with_ssh(
                 s.hostKey,
                 timeout=wait,
                 connect_timeout=ctx.settings.ssh_connect_timeout,
+                max_backoff=2.0,
             )
-        else:
+        elif shell is None:
             shell = HostShell.connect(
                 s.address, s.port, s.user, key, s.hostKey, timeout=ctx.settings.ssh_connect_timeout
             )
-        with shell:
-            return op(shell)
+        try:
+            result = op(shell)
+        except BaseException:
+            shell.close()
+            raise
+        if keep:
+            ctx.shells[host] = shell
+        else:
+            shell.close()
+        return result
 
     try:
         return await ctx.ssh.call(
@@ -146,6 +165,13 @@ async def with_ssh(
         raise HostAccessError(type(e).__name__, str(e)) from None
     except BmcError as e:  # the runner's own timeout
         raise HostAccessError("SSHTimeout", e.message) from None
+
+
+def drop_ssh(ctx: Context, host: ObjKey) -> None:
+    """Close a connection kept for `host` (provisioning ended or was interrupted)."""
+    shell = ctx.shells.pop(host, None)
+    if shell is not None:
+        shell.close()
 
 
 def sudo(user: str, command: str) -> str:

@@ -6,8 +6,11 @@ idempotent, so re-running one after a crash is safe.
 
 from __future__ import annotations
 
+import io
 import re
 import shlex
+import tarfile
+import time
 
 from capi_provider.api.types import BareMetalHostSpec
 from capi_provider.bmc.base import BmcDriver, BootDevice, PowerState
@@ -50,50 +53,62 @@ async def power_on_for_provisioning(
 
 
 async def wait_for_ssh(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, window: float) -> None:
-    """Wait up to `window` seconds for SSH with the pinned host key (HostKeyMismatch stops at once)."""
-    await with_ssh(ctx, host, spec, lambda shell: None, wait=window, timeout=5)
+    """Wait up to `window` seconds for SSH with the pinned host key (HostKeyMismatch stops at once); the
+    connection stays open for the next steps."""
+    await with_ssh(ctx, host, spec, lambda shell: None, wait=window, timeout=5, keep=True)
+
+
+def seed_archive(files: dict[str, bytes]) -> bytes:
+    """The seed files as one tar stream: one command writes them all, and the contents (a join token)
+    travel on stdin, never in a command line."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, content in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(content), 0o600, int(time.time())
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+# Extract into a fresh directory and swap it in, so a host never boots from half a seed.
+DELIVER_SEED = (
+    f"umask 077 && rm -rf {SEED_DIR}.new && mkdir -p {SEED_DIR}.new && tar -x -C {SEED_DIR}.new -f - && "
+    f"rm -rf {SEED_DIR} && mv {SEED_DIR}.new {SEED_DIR}"
+)
 
 
 async def deliver_seed(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, files: dict[str, bytes]) -> None:
-    user = spec.ssh.user
+    archive = seed_archive(files)
 
     def op(shell: HostShell) -> None:
-        for name, content in files.items():
-            if user == "root":
-                shell.write_file(f"{SEED_DIR}/{name}", content, mode=0o600, timeout=60)
-            else:
-                from capi_provider.ssh.client import write_file_command
+        shell.run(sudo(spec.ssh.user, DELIVER_SEED), stdin=archive, timeout=60, check=True)
 
-                shell.run(
-                    sudo(user, write_file_command(f"{SEED_DIR}/{name}", 0o600)),
-                    stdin=content,
-                    timeout=60,
-                    check=True,
-                )
-
-    await with_ssh(ctx, host, spec, op, timeout=120)
+    await with_ssh(ctx, host, spec, op, timeout=120, keep=True)
 
 
 class BootstrapFailed(Exception):
     pass
 
 
+# One command: skip if an earlier run already succeeded (the sentinel survives a controller restart, not a
+# reboot), otherwise run cloud-init's stages and demand the sentinel afterwards.
+BOOTSTRAP = (
+    f"if test -f {SENTINEL}; then echo already-bootstrapped; exit 0; fi; "
+    f"{CLOUD_INIT} || exit $?; "
+    f"test -f {SENTINEL} || {{ echo 'bootstrap commands did not complete: {SENTINEL} missing' >&2; exit 97; }}"
+)
+
+
 async def run_bootstrap(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> str:
     """Run cloud-init's stages unless the sentinel says a previous run already succeeded."""
-    user = spec.ssh.user
-    check = f"test -f {SENTINEL}"
 
     def op(shell: HostShell) -> str:
-        if shell.run(sudo(user, check), timeout=30).exit_code == 0:
-            return "already bootstrapped (sentinel present)"
-        res = shell.run(sudo(user, CLOUD_INIT), timeout=ctx.settings.bootstrap_timeout)
+        res = shell.run(sudo(spec.ssh.user, BOOTSTRAP), timeout=ctx.settings.bootstrap_timeout)
         if res.exit_code != 0:
             tail = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()[-3:]
-            raise BootstrapFailed(f"cloud-init exited {res.exit_code}: {scrub(' | '.join(tail))}")
-        if shell.run(sudo(user, check), timeout=30).exit_code != 0:
-            raise BootstrapFailed(
-                f"cloud-init finished but {SENTINEL} is missing: the bootstrap commands did not complete"
-            )
+            raise BootstrapFailed(f"bootstrap exited {res.exit_code}: {scrub(' | '.join(tail))}")
+        if b"already-bootstrapped" in res.stdout:
+            return "already bootstrapped (sentinel present)"
         return "bootstrap data applied"
 
     return await with_ssh(ctx, host, spec, op, timeout=ctx.settings.bootstrap_timeout + 60)

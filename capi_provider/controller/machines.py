@@ -19,7 +19,7 @@ from capi_provider.api.types import BareMetalMachineSpec
 from capi_provider.bootstrap.render import HostInput, NicInput, SeedInputs, SeedTemplateError, render_seed
 from capi_provider.controller import hostops
 from capi_provider.controller.context import Context, ObjKey
-from capi_provider.controller.hostio import HostAccessError
+from capi_provider.controller.hostio import HostAccessError, drop_ssh
 from capi_provider.controller.inventory import HostRecord, one, records
 from capi_provider.k8s import Conflict
 from capi_provider.reconcile import machine as m
@@ -266,6 +266,7 @@ class MachineReconciler:
     def block(self, step: str, host: HostRecord, reason: str, message: str) -> float:
         """Stop at a failure that retrying cannot fix; visible in conditions, steps and an event. Provisioning
         resumes when the host's spec changes (e.g. the operator corrects the pinned host key)."""
+        drop_ssh(self.ctx, host.key)
         claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
         self.ctx.blocked[self.key] = (reason, message, host.generation)
         self.status["steps"] = m.start_step(self.status.get("steps"), step, f"failed: {reason}")
@@ -274,6 +275,7 @@ class MachineReconciler:
         return LONG
 
     def step_failed(self, step: str, host: HostRecord, reason: str, message: str) -> float:
+        drop_ssh(self.ctx, host.key)
         claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
         if reason == "HostKeyMismatch":
             # A different machine (or an attacker) answers at that address: never send it anything.
@@ -340,6 +342,7 @@ class MachineReconciler:
 
     async def finalize(self, host: HostRecord, machine: dict[str, Any]) -> None:
         """Contract fields last, so CAPI only sees a provisioned machine once the host really is one."""
+        drop_ssh(self.ctx, host.key)
         uid = self.body["metadata"]["uid"]
         pid = self.spec.providerID or m.provider_id(self.key.namespace, host.key.name, uid)
         if not self.spec.providerID:

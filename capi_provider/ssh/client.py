@@ -239,6 +239,11 @@ class HostShell:
     def close(self) -> None:
         self._client.close()
 
+    def alive(self) -> bool:
+        """Whether the connection can still carry commands (a kept connection may have dropped)."""
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
     def __enter__(self) -> HostShell:
         return self
 
