@@ -125,7 +125,7 @@ async def with_ssh(
             shell.close()
             shell = None
         if shell is None and wait > 0:
-            # Retry at least every 2 s: a refused SYN costs nothing, and the machine is Running that much sooner.
+            # Retry at least every 2 s: a refused SYN costs nothing, and the machine is Running sooner.
             shell = wait_for_ssh(
                 s.address,
                 s.port,

@@ -95,7 +95,8 @@ class BootstrapFailed(Exception):
 BOOTSTRAP = (
     f"if test -f {SENTINEL}; then echo already-bootstrapped; exit 0; fi; "
     f"{CLOUD_INIT} || exit $?; "
-    f"test -f {SENTINEL} || {{ echo 'bootstrap commands did not complete: {SENTINEL} missing' >&2; exit 97; }}"
+    f"test -f {SENTINEL} || "
+    f"{{ echo 'bootstrap commands did not complete: {SENTINEL} missing' >&2; exit 97; }}"
 )
 
 
