@@ -44,13 +44,17 @@ test-unit: venv ## pure-logic tests only (no cluster)
 test-slow: deps ## the long e2e/scale tests left out of the default run
 	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: deps ## speed and memory targets, measured in one run (about 15 minutes)
+	PYTHONPATH=hack:. $(PY) hack/bench.py $(BENCH_ARGS)
+
 .PHONY: lab-up
 lab-up: deps ## start the lab in the background (HOSTS=n); kubeconfig in .lab/kubeconfig
-	$(PY) -m lab up --dir .lab --hosts $(HOSTS)
+	PYTHONPATH=hack:. $(PY) -m lab up --dir .lab --hosts $(HOSTS)
 
 .PHONY: lab-down
 lab-down: ## stop everything lab-up started
-	@$(PY) -m lab down --dir .lab
+	@PYTHONPATH=hack:. $(PY) -m lab down --dir .lab
 
 .PHONY: generate
 generate: venv ## regenerate config/crd/bases from capi_provider/api/types.py
@@ -60,3 +64,17 @@ generate: venv ## regenerate config/crd/bases from capi_provider/api/types.py
 lint: venv ## ruff
 	$(VENV)/bin/ruff check capi_provider hack tests
 	$(VENV)/bin/ruff format --check capi_provider hack tests
+
+# The controller image the release manifests deploy by default (config/manager/manager.yaml): keep in step.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMG ?= ghcr.io/capi-provider-baremetal/controller:v$(VERSION)
+
+.PHONY: release-manifests
+release-manifests: venv ## clusterctl repository out/infrastructure-baremetal/v<version>/ + out/clusterctl.yaml
+	$(PY) hack/release.py --out out
+
+.PHONY: docker-build
+docker-build: ## build the controller image the release manifests deploy (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "docker-build: no Docker engine answers here (docker info failed);" \
+		"build $(IMG) on a machine running Docker" >&2; exit 1; }
+	docker build -t $(IMG) .

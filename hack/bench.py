@@ -25,7 +25,6 @@ from typing import Any
 
 import psutil
 import yaml
-
 from lab import workload
 from lab.cluster import LabOptions
 from lab.hostlab import HostProfile
@@ -60,8 +59,9 @@ def apply(lab: Lab, docs: list[dict[str, Any]]) -> None:
 
 def running(lab: Lab, ns: str, md: str) -> int:
     items = get(lab, "machines", "-n", ns, "-l", f"cluster.x-k8s.io/deployment-name={md}")["items"]
-    return sum(1 for m in items if (m.get("status") or {}).get("phase") == "Running"
-               and m["status"].get("nodeRef"))
+    return sum(
+        1 for m in items if (m.get("status") or {}).get("phase") == "Running" and m["status"].get("nodeRef")
+    )
 
 
 def machines(lab: Lab, ns: str, md: str) -> int:
@@ -78,9 +78,13 @@ def scale_and_time(lab: Lab, ns: str, md: str, n: int) -> float:
 def scale_to_zero(lab: Lab, ns: str, md: str) -> None:
     lab.cluster.kubectl("scale", "machinedeployment", md, "-n", ns, "--replicas=0")
     wait(f"{md} at 0", lambda: machines(lab, ns, md) == 0)
-    wait("hosts released", lambda: all(not h["spec"].get("consumerRef") or
-                                       h["spec"]["consumerRef"]["name"].startswith("cp")
-                                       for h in get(lab, "baremetalhosts", "-n", ns)["items"]))
+    wait(
+        "hosts released",
+        lambda: all(
+            not h["spec"].get("consumerRef") or h["spec"]["consumerRef"]["name"].startswith("cp")
+            for h in get(lab, "baremetalhosts", "-n", ns)["items"]
+        ),
+    )
 
 
 def step_seconds(lab: Lab, ns: str) -> dict[str, float]:
@@ -104,17 +108,32 @@ def setup_cluster(lab: Lab, ns: str) -> None:
     lab.hosts.add_host("cp-0", HostProfile(labels={"role": "cp"}), namespace=ns)
     docs = [workload.ca_secret("c1", ns, lab.cluster.ca_pem, lab.cluster.ca_key_pem)]
     docs += workload.cluster("c1", ns, lab.cluster.server)
-    docs += workload.control_plane_machine("cp-0", ns, "c1", VERSION, {"hostSelector": {"matchLabels": {"role": "cp"}}})
+    docs += workload.control_plane_machine(
+        "cp-0", ns, "c1", VERSION, {"hostSelector": {"matchLabels": {"role": "cp"}}}
+    )
     apply(lab, docs)
-    wait("control plane Running", lambda: (get(lab, "machine", "cp-0", "-n", ns).get("status") or {}).get("nodeRef"))
+    wait(
+        "control plane Running",
+        lambda: (get(lab, "machine", "cp-0", "-n", ns).get("status") or {}).get("nodeRef"),
+    )
 
 
 def add_pool(lab: Lab, ns: str, md: str, role: str, hosts: int, **md_kw: Any) -> None:
     for i in range(hosts):
         lab.hosts.add_host(f"{role}-{i}", HostProfile(labels={"role": role}), namespace=ns)
     lab.wait_hosts_available_in(ns, len([m for m in lab.hosts.machines.values() if m.namespace == ns]) - 1)
-    apply(lab, workload.machine_deployment(md, ns, "c1", VERSION, replicas=0,
-                                           machine_spec={"hostSelector": {"matchLabels": {"role": role}}}, **md_kw))
+    apply(
+        lab,
+        workload.machine_deployment(
+            md,
+            ns,
+            "c1",
+            VERSION,
+            replicas=0,
+            machine_spec={"hostSelector": {"matchLabels": {"role": role}}},
+            **md_kw,
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- phases
@@ -135,15 +154,22 @@ def phase_scale(lab: Lab, n: int, out: dict[str, Any]) -> None:
 
 def pod_latency(lab: Lab, ns: str, md: str, pool: str) -> float:
     pod = {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"wants-{pool}", "namespace": ns},
-        "spec": {"nodeSelector": {"node.cluster.x-k8s.io/pool": pool},
-                 "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"wants-{pool}", "namespace": ns},
+        "spec": {
+            "nodeSelector": {"node.cluster.x-k8s.io/pool": pool},
+            "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+        },
     }
     apply(lab, [pod])
     start = time.monotonic()
     # Where the cluster-autoscaler would react to the pending pod, we scale the node group ourselves.
     lab.cluster.kubectl("scale", "machinedeployment", md, "-n", ns, "--replicas=1")
-    wait("pod scheduled", lambda: (get(lab, "pod", f"wants-{pool}", "-n", ns).get("spec") or {}).get("nodeName"))
+    wait(
+        "pod scheduled",
+        lambda: (get(lab, "pod", f"wants-{pool}", "-n", ns).get("spec") or {}).get("nodeName"),
+    )
     return time.monotonic() - start
 
 
@@ -151,8 +177,13 @@ def phase_warm(lab: Lab, out: dict[str, Any]) -> None:
     ns = "bench-scale"
     add_pool(lab, ns, "cold", "cold", 2, node_labels={"node.cluster.x-k8s.io/pool": "cold"})
     add_pool(lab, ns, "warm", "warm", 2, node_labels={"node.cluster.x-k8s.io/pool": "warm"}, warm_pool=1)
-    wait("warm pool ready", lambda: (get(lab, "baremetalmachinetemplate", "warm", "-n", ns).get("status") or {})
-         .get("warmHosts") == 1, timeout=300)
+    wait(
+        "warm pool ready",
+        lambda: (
+            (get(lab, "baremetalmachinetemplate", "warm", "-n", ns).get("status") or {}).get("warmHosts") == 1
+        ),
+        timeout=300,
+    )
     say("pending pod → scheduled, cold pool ...")
     cold = pod_latency(lab, ns, "cold", "cold")
     say("pending pod → scheduled, warm pool ...")
@@ -166,14 +197,27 @@ def phase_faults(lab: Lab, out: dict[str, Any]) -> None:
     for role in ("good", "bad"):
         for i in range(2):
             lab.hosts.add_host(f"{role}-{i}", HostProfile(labels={"pool": role}), namespace=ns)
-        apply(lab, workload.machine_deployment(role, ns, "c1", VERSION, replicas=0, data_secret="boot",
-                                               machine_spec={"hostSelector": {"matchLabels": {"pool": role}}}))
+        apply(
+            lab,
+            workload.machine_deployment(
+                role,
+                ns,
+                "c1",
+                VERSION,
+                replicas=0,
+                data_secret="boot",
+                machine_spec={"hostSelector": {"matchLabels": {"pool": role}}},
+            ),
+        )
     lab.wait_hosts_available_in(ns, 4)
 
     def provisioned(pool: str) -> int:
-        return sum(1 for b in get(lab, "baremetalmachines", "-n", ns)["items"]
-                   if b["metadata"]["name"].startswith(pool) and
-                   ((b.get("status") or {}).get("initialization") or {}).get("provisioned"))
+        return sum(
+            1
+            for b in get(lab, "baremetalmachines", "-n", ns)["items"]
+            if b["metadata"]["name"].startswith(pool)
+            and ((b.get("status") or {}).get("initialization") or {}).get("provisioned")
+        )
 
     say("healthy hosts alone ...")
     start = time.monotonic()
@@ -232,8 +276,15 @@ def phase_inventory(lab: Lab, count: int, idle: float, out: dict[str, Any]) -> N
     rss_after = proc.memory_info().rss / 2**20
     time.sleep(2)  # the audit log is written in batches of 1 s
     reqs = audit_requests(lab, t0, t1)
-    out["inventory"] = {"hosts": count, "registered_s": registered, "rss_mib": rss, "rss_after_idle_mib": rss_after,
-                        "idle_s": t1 - t0, "idle_requests": dict(reqs), "idle_cpu_pct": cpu}
+    out["inventory"] = {
+        "hosts": count,
+        "registered_s": registered,
+        "rss_mib": rss,
+        "rss_after_idle_mib": rss_after,
+        "idle_s": t1 - t0,
+        "idle_requests": dict(reqs),
+        "idle_cpu_pct": cpu,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -242,26 +293,35 @@ def phase_inventory(lab: Lab, count: int, idle: float, out: dict[str, Any]) -> N
 def report(cfg: argparse.Namespace, out: dict[str, Any]) -> None:
     print()
     print("=" * 78)
-    print(f"capi-provider-baremetal benchmarks (lab boot delay {cfg.boot_delay:g}s ± {cfg.jitter:g}s, 2 cores)")
+    print(
+        f"capi-provider-baremetal benchmarks (lab boot delay {cfg.boot_delay:g}s ± {cfg.jitter:g}s, 2 cores)"
+    )
     print("=" * 78)
     if s := out.get("scale"):
-        print(f"scale-up, kubectl scale → all Machines Running (real CAPI, kubeadm join on lab hosts):")
+        print("scale-up, kubectl scale → all Machines Running (real CAPI, kubeadm join on lab hosts):")
         print(f"  0→1: {s['t1']:.1f}s   0→{s['n']}: {s['tn']:.1f}s   ratio {s['ratio']:.2f}  (target ≤ 1.25)")
         print("  mean step times: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["steps"].items()))
     if w := out.get("warm"):
         print("scale-up latency, pending pod → pod scheduled (node group scaled as the autoscaler would):")
-        print(f"  cold pool {w['cold']:.1f}s   warm pool {w['warm']:.1f}s   saved {w['saved']:.1f}s "
-              f"(boot delay {cfg.boot_delay:g}s)")
+        print(
+            f"  cold pool {w['cold']:.1f}s   warm pool {w['warm']:.1f}s   saved {w['saved']:.1f}s "
+            f"(boot delay {cfg.boot_delay:g}s)"
+        )
     if f := out.get("faults"):
         print("healthy hosts provisioned alone vs beside a slow (10 s/reply) and a dead BMC:")
-        print(f"  alone {f['alone']:.1f}s   beside faults {f['beside']:.1f}s   ratio {f['ratio']:.2f}  (target ≈ 1)")
+        print(f"  alone {f['alone']:.1f}s   beside faults {f['beside']:.1f}s   ratio {f['ratio']:.2f}", end="")
+        print("  (target ≈ 1)")
     if i := out.get("inventory"):
         total = sum(i["idle_requests"].values())
         print(f"inventory of {i['hosts']} hosts (registered in {i['registered_s']:.0f}s):")
-        print(f"  controller RSS {i['rss_mib']:.0f} MiB (after idle {i['rss_after_idle_mib']:.0f} MiB; "
-              f"target < 150 MiB)")
-        print(f"  idle {i['idle_s']:.0f}s: {total} API requests by the controller "
-              f"({total / i['idle_s'] * 60:.1f}/min), CPU {i['idle_cpu_pct']:.1f}%")
+        print(
+            f"  controller RSS {i['rss_mib']:.0f} MiB (after idle {i['rss_after_idle_mib']:.0f} MiB; "
+            f"target < 150 MiB)"
+        )
+        print(
+            f"  idle {i['idle_s']:.0f}s: {total} API requests by the controller "
+            f"({total / i['idle_s'] * 60:.1f}/min), CPU {i['idle_cpu_pct']:.1f}%"
+        )
         for k, v in sorted(i["idle_requests"].items(), key=lambda kv: -kv[1]):
             print(f"    {v:5d}  {k}")
     print("=" * 78)
@@ -281,8 +341,15 @@ def main() -> int:
     workdir = Path(cfg.workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     phases = cfg.phases.split(",")
-    lab = Lab(LabConfig(workdir=workdir, hosts=0, boot_delay=cfg.boot_delay, boot_jitter=cfg.jitter,
-                        cluster=LabOptions(scheduler=True, audit_log=True)))
+    lab = Lab(
+        LabConfig(
+            workdir=workdir,
+            hosts=0,
+            boot_delay=cfg.boot_delay,
+            boot_jitter=cfg.jitter,
+            cluster=LabOptions(scheduler=True, audit_log=True),
+        )
+    )
     out: dict[str, Any] = {}
     say("starting the lab ...")
     lab.start()

@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import yaml
-
 from lab import workload
 from lab.hostlab import HostProfile
 from lab.lab import Lab, LabConfig
@@ -51,14 +50,18 @@ class Demo:
         for h in hosts:
             st = h.get("status") or {}
             consumer = (h["spec"].get("consumerRef") or {}).get("name", "-")
-            print(f"  {h['metadata']['name']:<10} {st.get('provisioningState', '-'):<15} "
-                  f"{st.get('powerState', '-'):<6} {consumer:<26}")
+            print(
+                f"  {h['metadata']['name']:<10} {st.get('provisioningState', '-'):<15} "
+                f"{st.get('powerState', '-'):<6} {consumer:<26}"
+            )
         machines = self.get("machines", "-n", NS)["items"]
         print(f"  {'MACHINE':<30} {'PHASE':<12} {'NODE':<30}")
         for m in sorted(machines, key=lambda m: m["metadata"]["name"]):
             st = m.get("status") or {}
-            print(f"  {m['metadata']['name']:<30} {st.get('phase', '-'):<12} "
-                  f"{(st.get('nodeRef') or {}).get('name', '-'):<30}")
+            print(
+                f"  {m['metadata']['name']:<30} {st.get('phase', '-'):<12} "
+                f"{(st.get('nodeRef') or {}).get('name', '-'):<30}"
+            )
 
     def wait(self, what: str, fn: Any, timeout: float = 600) -> None:
         start, last = time.monotonic(), 0.0
@@ -72,21 +75,30 @@ class Demo:
         print(f"  done: {what} after {time.monotonic() - start:.0f}s")
 
     def running(self, selector: str) -> int:
-        return sum(1 for m in self.get("machines", "-n", NS, "-l", selector)["items"]
-                   if (m.get("status") or {}).get("phase") == "Running")
+        return sum(
+            1
+            for m in self.get("machines", "-n", NS, "-l", selector)["items"]
+            if (m.get("status") or {}).get("phase") == "Running"
+        )
 
     def machines(self, selector: str) -> int:
         return len(self.get("machines", "-n", NS, "-l", selector)["items"])
 
     # ------------------------------------------------------------------ story
     def run(self) -> None:
-        self.say("Starting the lab: etcd, kube-apiserver, controller-manager, scheduler, Cluster API, KWOK, "
-                 "the baremetal provider")
+        self.say(
+            "Starting the lab: etcd, kube-apiserver, controller-manager, scheduler, Cluster API, KWOK, "
+            "the baremetal provider"
+        )
         self.lab.start()
         self.say("Racking five servers: each has an IPMI BMC and an OS reachable over SSH once powered on")
-        self.lab.hosts.add_host("server-1", HostProfile(cpu_cores=16, memory_gib=64, labels={"role": "control-plane"}))
+        self.lab.hosts.add_host(
+            "server-1", HostProfile(cpu_cores=16, memory_gib=64, labels={"role": "control-plane"})
+        )
         for i in range(2, 6):
-            self.lab.hosts.add_host(f"server-{i}", HostProfile(cpu_cores=32, memory_gib=128, labels={"role": "worker"}))
+            self.lab.hosts.add_host(
+                f"server-{i}", HostProfile(cpu_cores=32, memory_gib=128, labels={"role": "worker"})
+            )
         self.lab.wait_hosts_available_in(NS, 5)
         self.table()
 
@@ -94,11 +106,19 @@ class Demo:
         manifest = self.generate_cluster()
         # The lab's workload cluster is this same apiserver: CAPI gets its CA as the cluster CA, exactly as a
         # kubeadm cluster would share one CA between its control plane and joining nodes.
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(
-            workload.ca_secret(CLUSTER, NS, self.lab.cluster.ca_pem, self.lab.cluster.ca_key_pem)))
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=yaml.safe_dump(
+                workload.ca_secret(CLUSTER, NS, self.lab.cluster.ca_pem, self.lab.cluster.ca_key_pem)
+            ),
+        )
         self.kubectl("apply", "-f", "-", input=manifest)
-        self.wait("the control plane machine to be Running (kubeadm init on server-1)",
-                  lambda: self.running("cluster.x-k8s.io/control-plane") == 1)
+        self.wait(
+            "the control plane machine to be Running (kubeadm init on server-1)",
+            lambda: self.running("cluster.x-k8s.io/control-plane") == 1,
+        )
         self.table()
 
         md = f"{CLUSTER}-md-0"
@@ -106,22 +126,30 @@ class Demo:
         for replicas in (3, 1):
             self.say(f"kubectl scale machinedeployment {md} --replicas={replicas}")
             self.kubectl("scale", "machinedeployment", md, "-n", NS, f"--replicas={replicas}")
-            self.wait(f"{replicas} worker machines Running",
-                      lambda r=replicas: self.running(workers) == r and self.machines(workers) == r)
+            self.wait(
+                f"{replicas} worker machines Running",
+                lambda r=replicas: self.running(workers) == r and self.machines(workers) == r,
+            )
             if replicas == 1:
                 self.wait("released servers powered off and available", self.released)
             self.table()
         nodes = self.kubectl("get", "nodes", "-o", "wide")
         self.say("Nodes registered with the provider's IDs (kept Ready by KWOK):")
         print(nodes)
-        print(self.kubectl("get", "nodes", "-o",
-                           "custom-columns=NODE:.metadata.name,PROVIDER-ID:.spec.providerID"))
+        print(
+            self.kubectl(
+                "get", "nodes", "-o", "custom-columns=NODE:.metadata.name,PROVIDER-ID:.spec.providerID"
+            )
+        )
 
     def released(self) -> bool:
         hosts = self.get("baremetalhosts", "-n", NS)["items"]
         free = [h for h in hosts if not h["spec"].get("consumerRef")]
-        return len(free) == 3 and all((h.get("status") or {}).get("powerState") == "off" and
-                                      h["status"].get("provisioningState") == "available" for h in free)
+        return len(free) == 3 and all(
+            (h.get("status") or {}).get("powerState") == "off"
+            and h["status"].get("provisioningState") == "available"
+            for h in free
+        )
 
     def generate_cluster(self) -> str:
         url = urlparse(self.lab.cluster.server)
@@ -132,9 +160,24 @@ class Demo:
             "CONTROL_PLANE_ENDPOINT_PORT": str(url.port),
             "XDG_CONFIG_HOME": str(self.lab.config.workdir / "xdg"),
         }
-        cmd = [str(tool("clusterctl")), "generate", "cluster", CLUSTER, "--infrastructure", "baremetal",
-               "--config", str(config), "--kubernetes-version", versions()["KUBERNETES_VERSION"],
-               "--control-plane-machine-count", "1", "--worker-machine-count", "0", "--target-namespace", NS]
+        cmd = [
+            str(tool("clusterctl")),
+            "generate",
+            "cluster",
+            CLUSTER,
+            "--infrastructure",
+            "baremetal",
+            "--config",
+            str(config),
+            "--kubernetes-version",
+            versions()["KUBERNETES_VERSION"],
+            "--control-plane-machine-count",
+            "1",
+            "--worker-machine-count",
+            "0",
+            "--target-namespace",
+            NS,
+        ]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
 
 
@@ -155,7 +198,9 @@ def main() -> int:
     if ok:
         demo.say("Summary")
         print("  - 5 servers registered as BareMetalHosts; BMCs reached over IPMI, power read and set")
-        print("  - clusterctl generated the cluster from the provider's default flavor; KubeadmControlPlane put")
+        print(
+            "  - clusterctl generated the cluster from the provider's default flavor; KubeadmControlPlane put"
+        )
         print("    the control plane on server-1 (kubeadm init), workers joined with CAPBK bootstrap tokens")
         print("  - kubectl scale 0 -> 3: three servers claimed, powered on, seeded over SSH, joined as nodes")
         print("  - kubectl scale 3 -> 1: two servers reset, wiped, powered off and returned to the pool")

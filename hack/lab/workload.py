@@ -161,7 +161,7 @@ def machine_deployment(
                             "kind": "BareMetalMachineTemplate",
                             "name": name,
                         },
-                    }
+                    },
                 },
             },
         },

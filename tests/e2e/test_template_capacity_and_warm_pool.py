@@ -28,7 +28,9 @@ def test_template_capacity_tracks_the_best_fit_free_host(lab: Lab, namespace: st
     gpu = HostProfile(cpu_cores=16, memory_gib=64, extended_resources={"nvidia.com/gpu": "2"})
     lab.hosts.add_host("cap-small", HostProfile(cpu_cores=8, memory_gib=32), namespace=ns)
     lab.hosts.add_host("cap-medium", gpu, namespace=ns)
-    lab.hosts.add_host("cap-big", HostProfile(cpu_cores=64, memory_gib=512, architecture="amd64"), namespace=ns)
+    lab.hosts.add_host(
+        "cap-big", HostProfile(cpu_cores=64, memory_gib=512, architecture="amd64"), namespace=ns
+    )
     lab.wait_hosts_available_in(ns, 3)
     _apply(lab, [*workload.cluster("c1", ns, lab.cluster.server), workload.bootstrap_data_secret("boot", ns)])
     _apply(
