@@ -309,7 +309,8 @@ def report(cfg: argparse.Namespace, out: dict[str, Any]) -> None:
         )
     if f := out.get("faults"):
         print("healthy hosts provisioned alone vs beside a slow (10 s/reply) and a dead BMC:")
-        print(f"  alone {f['alone']:.1f}s   beside faults {f['beside']:.1f}s   ratio {f['ratio']:.2f}", end="")
+        print(f"  alone {f['alone']:.1f}s   beside faults {f['beside']:.1f}s", end="")
+        print(f"   ratio {f['ratio']:.2f}", end="")
         print("  (target ≈ 1)")
     if i := out.get("inventory"):
         total = sum(i["idle_requests"].values())
