@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     import capi_provider.controller  # noqa: F401  (registers the handlers)
 
     peering = os.environ.get("CAPBM_PEERING") or None
+    # Highest priority wins; random by default so that two replicas never tie (a tie pauses both).
+    priority = int(os.environ.get("CAPBM_PEERING_PRIORITY") or random.randint(1, 2**31 - 1))
     kopf.run(
         clusterwide=settings.namespace is None,
         namespaces=[settings.namespace] if settings.namespace else (),
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         # higher-priority peer is alive. Random priorities keep two replicas from tying (a tie pauses both).
         standalone=peering is None,
         peering_name=peering,
-        priority=random.randint(1, 2**31 - 1) if peering else None,
+        priority=priority if peering else None,
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
         memo=kopf.Memo(settings=settings),
     )

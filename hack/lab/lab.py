@@ -104,6 +104,7 @@ class Lab:
             for i in range(self.config.hosts):
                 self.hosts.add_host(f"lab-host-{i + 1:02d}", self.config.host_profile)
             if self.config.provider:
+                self.install_provider_rbac()
                 self.start_provider()
         except BaseException:
             self.stop()
@@ -151,10 +152,52 @@ class Lab:
             self.logs,
         ).start()
 
+    def install_provider_rbac(self) -> None:
+        """The provider runs with exactly the RBAC it ships (config/rbac), bound to its own identity, so every
+        test also proves the manifests grant enough and nothing more is needed; plus kopf's peering
+        objects, since the lab runs it with leader election on, as the Deployment does."""
+        docs: list[dict[str, Any]] = []
+        for kustomization in ("config/rbac", "config/peering"):
+            out = self.cluster.kubectl("kustomize", str(REPO_DIR / kustomization)).stdout
+            docs += [d for d in yaml.safe_load_all(out) if d and d["kind"] != "ServiceAccount"]
+        docs.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "lab:capi-provider-baremetal"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "capi-provider-baremetal-manager-role",
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROVIDER_USER}
+                ],
+            }
+        )
+        crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+        self.cluster.apply_docs(crds)
+        self.cluster.kubectl(
+            "wait", "--for=condition=Established", "crd", *(d["metadata"]["name"] for d in crds)
+        )
+        # The ServiceAccount's binding points into a namespace the lab does not use; drop it, keep the rest.
+        self.cluster.apply_docs(
+            [
+                d
+                for d in docs
+                if d["kind"] not in ("CustomResourceDefinition",)
+                and not (
+                    d["kind"] == "ClusterRoleBinding"
+                    and d["metadata"]["name"] == "capi-provider-baremetal-manager-rolebinding"
+                )
+            ]
+        )
+
     def start_provider(self, extra_env: dict[str, str] | None = None) -> Proc:
         self.provider_health_port = free_port()
-        # Its own identity: the apiserver's audit log (benchmarks) then tells the provider's requests apart.
-        kubeconfig = self.cluster.client_kubeconfig(PROVIDER_USER, ("system:masters",))
+        # Its own identity (no system:masters): only the shipped RBAC lets it act, and the apiserver's audit
+        # log (benchmarks) tells its requests apart.
+        kubeconfig = self.cluster.client_kubeconfig(PROVIDER_USER)
         env = {
             "PYTHONPATH": str(REPO_DIR),
             "PYTHONUNBUFFERED": "1",
@@ -163,6 +206,8 @@ class Lab:
             "CAPBM_BOOT_TIMEOUT": "120",
             # Dead-BMC tests should not wait out production timeouts.
             "CAPBM_BMC_TIMEOUT": "5",
+            "CAPBM_PEERING": "capi-provider-baremetal",
+            "CAPBM_PEERING_PRIORITY": "100",
             **self.config.provider_env,
             **(extra_env or {}),
         }
