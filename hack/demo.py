@@ -160,25 +160,27 @@ class Demo:
             "CONTROL_PLANE_ENDPOINT_PORT": str(url.port),
             "XDG_CONFIG_HOME": str(self.lab.config.workdir / "xdg"),
         }
+        # The lab's CAPI runs out of cluster, without clusterctl's inventory: name the version explicitly.
         cmd = [
-            str(tool("clusterctl")),
-            "generate",
-            "cluster",
-            CLUSTER,
-            "--infrastructure",
-            "baremetal",
-            "--config",
-            str(config),
-            "--kubernetes-version",
-            versions()["KUBERNETES_VERSION"],
-            "--control-plane-machine-count",
-            "1",
-            "--worker-machine-count",
-            "0",
-            "--target-namespace",
-            NS,
-        ]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            str(tool("clusterctl")), "generate", "cluster", CLUSTER,
+            "--infrastructure", f"baremetal:v{project_version()}",
+            "--kubeconfig", str(self.lab.kubeconfig),
+            "--config", str(config),
+            "--kubernetes-version", versions()["KUBERNETES_VERSION"],
+            "--control-plane-machine-count", "1",
+            "--worker-machine-count", "0",
+            "--target-namespace", NS,
+        ]  # fmt: skip
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"clusterctl generate cluster failed: {res.stderr.strip()}")
+        return res.stdout
+
+
+def project_version() -> str:
+    import tomllib
+
+    return str(tomllib.loads((REPO_DIR / "pyproject.toml").read_text())["project"]["version"])
 
 
 def main() -> int:
