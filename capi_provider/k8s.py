@@ -89,20 +89,6 @@ class Kube:
         except NotFound:
             return None
 
-    async def list(
-        self, group: str, version: str, plural: str, namespace: str, label_selector: str = ""
-    ) -> list[dict[str, Any]]:
-        res = await self._run(
-            f"list {plural}",
-            self.custom.list_namespaced_custom_object,
-            group,
-            version,
-            namespace,
-            plural,
-            label_selector=label_selector,
-        )
-        return list(res.get("items", []))
-
     async def patch(
         self,
         group: str,

@@ -82,7 +82,7 @@ async def cluster_daemon(
     while not stopped:
         try:
             delay = await reconcile_cluster(ctx, body)
-        except Exception:
+        except Exception:  # keep the daemon alive; the next change or timeout retries
             logger.exception("reconcile of %s failed; retrying", key)
             delay = 30.0
         await ctx.wakers.sleep(KIND, key, delay, stopped)

@@ -225,13 +225,17 @@ async def host_daemon(
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
     monitor = HostMonitor(ctx, key)
-    while not stopped:
-        try:
-            delay = await monitor.pass_once(body, machine_inventory, logger)
-        except Exception:
-            logger.exception("monitoring %s failed; retrying", key)
-            delay = 30.0
-        await ctx.wakers.sleep(KIND, key, delay, stopped)
+    try:
+        while not stopped:
+            try:
+                delay = await monitor.pass_once(body, machine_inventory, logger)
+            except Exception:  # keep monitoring: the next pass may well succeed
+                logger.exception("monitoring %s failed; retrying", key)
+                delay = 30.0
+            await ctx.wakers.sleep(KIND, key, delay, stopped)
+    finally:
+        ctx.wakers.forget(KIND, key)
+        ctx.power_events.pop(key, None)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.HOSTS, id="host-changed")

@@ -386,19 +386,24 @@ async def machine_daemon(
 ) -> None:
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
-    while not stopped:
-        try:
-            # Read the object fresh: kopf's live body can lag behind our own last write, and a pass
-            # built on it would redo finished steps or write stale status back.
-            fresh = await ctx.kube.get(api.GROUP, api.VERSION, api.MACHINES, key.namespace, key.name)
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                delay = LONG
-            else:
-                delay = await MachineReconciler(ctx, fresh, host_inventory, logger).reconcile()
-        except Exception:
-            logger.exception("reconcile of %s failed; retrying", key)
-            delay = 30.0
-        await ctx.wakers.sleep(KIND, key, delay, stopped)
+    try:
+        while not stopped:
+            try:
+                # Read the object fresh: kopf's live body can lag behind our own last write, and a pass
+                # built on it would redo finished steps or write stale status back.
+                fresh = await ctx.kube.get(api.GROUP, api.VERSION, api.MACHINES, key.namespace, key.name)
+                if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                    delay = LONG
+                else:
+                    delay = await MachineReconciler(ctx, fresh, host_inventory, logger).reconcile()
+            except Exception:  # one failed pass must not end the daemon: log it, try again later
+                logger.exception("reconcile of %s failed; retrying", key)
+                delay = 30.0
+            await ctx.wakers.sleep(KIND, key, delay, stopped)
+    finally:
+        # In-memory state about this machine ends with it (a long-running controller sees many machines).
+        ctx.wakers.forget(KIND, key)
+        ctx.blocked.pop(key, None)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.MACHINES, id="machine-changed")

@@ -106,7 +106,7 @@ async def template_daemon(
         while not stopped:
             try:
                 await reconcile_template(ctx, body, host_inventory, logger)
-            except Exception:
+            except Exception:  # keep the template current on the next change
                 logger.exception("capacity of %s failed; retrying", key)
             await ctx.wakers.sleep(KIND, key, 600.0, stopped)
             await asyncio.sleep(DEBOUNCE)

@@ -11,13 +11,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import json
 import logging
 import ssl
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -434,20 +431,3 @@ def webhook_by_url(cfg: dict[str, Any], url: str, ca_bundle: str, suffix: str) -
         client["url"] = f"{url}{path}"
         client["caBundle"] = ca_bundle
     return cfg
-
-
-def dump_json(obj: object) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)
-
-
-@contextlib.contextmanager
-def running(workdir: Path, options: LabOptions | None = None) -> Iterator[ManagementCluster]:
-    cluster = ManagementCluster(workdir, options or LabOptions())
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-_lock = threading.Lock()
