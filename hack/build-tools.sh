@@ -227,7 +227,7 @@ for g in "${groups[@]}"; do
         timed "cluster-autoscaler $AUTOSCALER_VERSION" build_autoscaler
       else
         log "cluster-autoscaler: NOT built: k8s.io/autoscaler/cluster-autoscaler is not served by GOPROXY=$(go env GOPROXY)." \
-          "Set CLUSTER_AUTOSCALER_BIN to a build with the clusterapi provider to run the autoscaler e2e."
+          "Set CLUSTER_AUTOSCALER_BIN to a build with the clusterapi provider to run it against the lab."
       fi ;;
     *) log "unknown group $g"; exit 2 ;;
   esac

@@ -31,9 +31,6 @@ MANAGED_BY_ANNOTATION = "cluster.x-k8s.io/managed-by"
 # Host labels an operator sets for topology; the failure-domain one is what Machine.spec.failureDomain
 # matches.
 FAILURE_DOMAIN_LABEL = f"{GROUP}/failure-domain"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-REGION_LABEL = "topology.kubernetes.io/region"
-RACK_LABEL = f"{GROUP}/rack"
 
 # Set on a BareMetalMachine once it holds a host: `<namespace>/<host name>` (survives clusterctl move,
 # which copies no status).

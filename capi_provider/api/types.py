@@ -188,7 +188,9 @@ class Hardware:
     )
     nics: list[NIC] | None = api_field("Network interfaces.", default=None, max_items=64, list_type="atomic")
     extendedResources: dict[str, Quantity] | None = api_field(
-        "Extended resources the node will advertise, e.g. `nvidia.com/gpu: 2`.", default=None
+        "Extended resources a node on this host offers (through its device plugins), e.g. "
+        "`nvidia.com/gpu: 2`: published in BareMetalMachineTemplate capacity for scale from zero.",
+        default=None,
     )
 
 
@@ -200,6 +202,11 @@ class ConsumerRef:
     name: str = api_field("Name of the consumer.", min_length=1, max_length=253)
     namespace: str = api_field("Namespace of the consumer.", min_length=1, max_length=63)
     uid: str | None = api_field("UID of the consumer when it claimed the host.", default=None, max_length=64)
+    cleaning: Literal["none", "metadata"] | None = api_field(
+        "The consumer's cleaning mode, kept here so that a host whose machine is gone (its deletion went on "
+        "while the BMC was dead) is still cleaned the way that machine asked.",
+        default=None,
+    )
 
 
 @dataclass(kw_only=True)
@@ -210,7 +217,8 @@ class BareMetalHostSpec:
     ssh: SSHAccess = api_field("SSH access to the installed operating system.")
     hardware: Hardware = api_field("Hardware profile used for matching.")
     bootMACAddress: str | None = api_field(
-        "MAC address of the NIC the host boots from (needed for network boot).",
+        "MAC address of the NIC the host boots from. Recorded for inventory: this provider boots hosts from "
+        "their installed disk.",
         default=None,
         max_length=17,
         cel=_MAC,
@@ -263,7 +271,11 @@ class BareMetalHostStatus:
     )
     errorCount: int | None = api_field("Consecutive failed BMC operations.", default=None, minimum=0)
     lastPowerOperation: PowerOperation | None = api_field("The last power change made.", default=None)
-    lastPolled: Timestamp | None = api_field("When the BMC was last read successfully.", default=None)
+    lastPolled: Timestamp | None = api_field(
+        "When a successful BMC read last changed this status (reads that change nothing are not written, "
+        "so an idle inventory costs no API writes).",
+        default=None,
+    )
     credentialsVersion: str | None = api_field(
         "resourceVersion of the credentials Secret last accepted by the BMC.", default=None, max_length=64
     )

@@ -86,6 +86,9 @@ def default_template(name: str) -> str:
 
 def render_seed(inputs: SeedInputs, overrides: dict[str, str] | None = None) -> dict[str, bytes]:
     """The three seed files. `overrides` maps a file name to a replacement template."""
+    unknown = unknown_override_keys(overrides or {})
+    if unknown:
+        raise SeedTemplateError(f"unknown seed template keys {unknown}: use {', '.join(SEED_FILES)}")
     out: dict[str, bytes] = {}
     ctx = inputs.context()
     for name in SEED_FILES:

@@ -25,6 +25,8 @@ def owner_cluster_name(body: Any) -> str | None:
 
 async def reconcile_cluster(ctx: Context, body: Any) -> float:
     key = ObjKey.of(body)
+    if api.MANAGED_BY_ANNOTATION in (body["metadata"].get("annotations") or {}):
+        return 600.0  # externally managed infrastructure (CAPI contract): someone else writes its status
     generation = body["metadata"].get("generation")
     current = dict(body.get("status") or {})
     status: dict[str, Any] = {}

@@ -112,6 +112,9 @@ class Context:
     warm_wanted: set[ObjKey] = field(default_factory=set)
     # Hosts last seen free (available, unclaimed): entering this set wakes machines waiting for a host.
     free_hosts: set[ObjKey] = field(default_factory=set)
+    # Secrets the hosts reference (BMC credentials, SSH keys), kept until a watch event says they changed:
+    # polling a BMC must not cost an API request each time.
+    secrets: dict[ObjKey, Any] = field(default_factory=dict)
     # SSH connections kept open between the provisioning steps of one host (key: host). Each is used by
     # one runner thread at a time (the SSH runner serializes per host).
     shells: dict[ObjKey, Any] = field(default_factory=dict)
@@ -119,6 +122,17 @@ class Context:
     machine_provisioned: dict[ObjKey, bool] = field(default_factory=dict)
     # Machines stopped by a failure retrying cannot fix (HostKeyMismatch, BootstrapFailed), with the host
     # generation they failed on: they try again only when the host's spec changes (or after a restart).
-    blocked: dict[ObjKey, tuple[str, str, int]] = field(default_factory=dict)  # machine -> (reason, msg, gen)
+    blocked: dict[ObjKey, tuple[str, str, int, ObjKey]] = field(
+        default_factory=dict
+    )  # -> reason, msg, gen, host
+    # Machines whose last pass found no host: any change to a free host gives them another look.
+    waiting_for_host: set[ObjKey] = field(default_factory=set)
     # Hosts whose last power operation should be recorded by the host daemon (which owns host status).
     power_events: dict[ObjKey, dict[str, str]] = field(default_factory=dict)
+
+    async def secret(self, namespace: str, name: str) -> Any:
+        """A Secret's data (SecretData or None), from the cache when the watch says it has not changed."""
+        key = ObjKey(namespace, name)
+        if key not in self.secrets:
+            self.secrets[key] = await self.kube.get_secret(namespace, name)
+        return self.secrets[key]

@@ -40,7 +40,7 @@ async def bmc_credentials(
 ) -> tuple[BmcCredentials, str]:
     """The BMC credentials and the Secret's resourceVersion (recorded once the BMC accepts them)."""
     name = spec.bmc.credentialsName
-    secret = await ctx.kube.get_secret(namespace, name)
+    secret = await ctx.secret(namespace, name)
     if secret is None:
         raise HostAccessError("CredentialsSecretMissing", f"Secret {namespace}/{name} does not exist")
     user, password = secret.data.get("username"), secret.data.get("password")
@@ -93,7 +93,7 @@ async def with_bmc(
 
 async def ssh_private_key(ctx: Context, namespace: str, spec: BareMetalHostSpec) -> str:
     name = spec.ssh.privateKeySecretName
-    secret = await ctx.kube.get_secret(namespace, name)
+    secret = await ctx.secret(namespace, name)
     if secret is None or not secret.data.get("ssh-privatekey"):
         raise HostAccessError(
             "SSHKeySecretMissing", f"Secret {namespace}/{name} with key `ssh-privatekey` does not exist"

@@ -160,11 +160,27 @@ async def power_off(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> None
 
 
 async def deprovision(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, cleaning: str) -> list[str]:
-    """Reset and wipe over SSH if the OS is up (best effort: an unreachable OS is about to lose power anyway),
-    then power off through the BMC, which must succeed (HostAccessError otherwise)."""
+    """Reset and wipe over SSH, then power off through the BMC, which must succeed (HostAccessError
+    otherwise). A host found powered off is booted first when its data disks must be wiped: the next user
+    must not find the last one's data. An OS that does not come up is noted, not waited on forever."""
     notes = []
-    if await read_power(ctx, host, spec) == PowerState.ON:
+    on = await read_power(ctx, host, spec) == PowerState.ON
+    if not on and cleaning == "metadata":
+        await with_bmc(
+            ctx,
+            host.namespace,
+            spec,
+            lambda d: d.set_power(PowerState.ON),
+            timeout=ctx.settings.power_settle_timeout,
+        )
+        notes.append("booted to clean")
+        on = True
+    if on:
         try:
+            if "booted to clean" in notes:
+                await with_ssh(
+                    ctx, host, spec, lambda shell: None, wait=ctx.settings.boot_timeout, timeout=5, keep=True
+                )
             notes.append(await clean_host(ctx, host, spec, cleaning))
         except HostAccessError as e:
             if e.reason == "CleaningFailed":

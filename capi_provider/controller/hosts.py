@@ -45,6 +45,9 @@ class HostMonitor:
             power = await bmc_op(self.ctx, rec.spec, creds, lambda d: d.get_power())
         except HostAccessError as e:
             message = e.message
+            if e.reason in ("CredentialsRejected", "CredentialsSecretMissing"):
+                # Read the Secret again next time, whatever the watch said: it may have just been fixed.
+                self.ctx.secrets.pop(ObjKey(rec.key.namespace, rec.spec.bmc.credentialsName), None)
             if e.reason == "CredentialsRejected":
                 # Say which Secret to fix; the BMC's own words follow.
                 message = (
@@ -149,7 +152,9 @@ class HostMonitor:
         if not obs.ok:
             return obs
         try:
-            notes = await hostops.deprovision(self.ctx, rec.key, rec.spec, cleaning="metadata")
+            # Clean as the machine asked when it claimed the host; unknown (older claim): the safe choice.
+            cleaning = (rec.spec.consumerRef.cleaning if rec.spec.consumerRef else None) or "metadata"
+            notes = await hostops.deprovision(self.ctx, rec.key, rec.spec, cleaning=cleaning)
         except HostAccessError as e:
             return h.BmcObservation(power=obs.power, error_reason=e.reason, error_message=e.message)
         logger.info("%s: consumer %s gone; %s", rec.key, rec.consumer, ", ".join(notes))
@@ -225,6 +230,22 @@ async def host_daemon(
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
     monitor = HostMonitor(ctx, key)
+    if not (body.get("status") or {}).get("provisioningState"):
+        # A new host says so at once; the first BMC contact can take as long as the BMC timeout.
+        await ctx.kube.patch(
+            api.GROUP,
+            api.VERSION,
+            api.HOSTS,
+            key.namespace,
+            key.name,
+            {
+                "status": {
+                    "provisioningState": "registering",
+                    "conditions": h.host_conditions(None, None, None),
+                }
+            },
+            status=True,
+        )
     try:
         while not stopped:
             try:
@@ -245,14 +266,17 @@ def host_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -
     rec = host_record(body)
     if rec.consumer is not None:
         ctx.pending_claims.pop(key, None)  # the watch caught up with our claim
-    ctx.wakers.wake_on_change(KIND, body)
+    changed = ctx.wakers.wake_on_change(KIND, body)
     free = rec.consumer is None and rec.state == "available" and not rec.deleting
-    if free and key not in ctx.free_hosts:
-        # A host just became usable: machines waiting for one get another look.
+    if free and (key not in ctx.free_hosts or changed):
+        # A host just became usable, or a free one was relabelled: machines waiting for one look again.
         ctx.free_hosts.add(key)
-        ctx.wakers.wake_all("machine")
+        ctx.wakers.wake_all("machine", ctx.waiting_for_host)
     elif not free:
         ctx.free_hosts.discard(key)
+    if changed:
+        # A spec change may be the fix a stopped machine waits for (e.g. a corrected pinned host key).
+        ctx.wakers.wake_all("machine", [m for m, b in ctx.blocked.items() if b[3] == key])
     ctx.wakers.wake_all("template")
 
 
@@ -260,6 +284,7 @@ def host_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -
 def secret_changed(body: kopf.Body, memo: kopf.Memo, host_inventory: kopf.Index, **_: Any) -> None:
     """A rotated BMC password or SSH key: look again now instead of at the next poll."""
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    memo.ctx.secrets.pop(ObjKey(ns, name), None)
     for rec in records(host_inventory):
         if rec.key.namespace == ns and name in (
             rec.spec.bmc.credentialsName,

@@ -23,7 +23,7 @@ from capi_provider.controller.hostio import HostAccessError, drop_ssh
 from capi_provider.controller.inventory import HostRecord, one, records
 from capi_provider.k8s import Conflict
 from capi_provider.reconcile import machine as m
-from capi_provider.reconcile.conditions import same_ignoring_time
+from capi_provider.reconcile.conditions import READY, same_ignoring_time, set_condition
 from capi_provider.reconcile.hostmatch import MachineRequest, best_fit, explain_no_match
 
 KIND = "machine"
@@ -180,7 +180,9 @@ class MachineReconciler:
         for choice in best_fit(request, facts):
             rec = by_name[choice.name]
             if await self._try_claim(rec):
+                self.ctx.waiting_for_host.discard(self.key)
                 return rec
+        self.ctx.waiting_for_host.add(self.key)
         why = explain_no_match(request, facts)
         previous = next((c for c in self.status.get("conditions") or [] if c["type"] == m.HOST_CLAIMED), None)
         if not previous or previous.get("message") != why:
@@ -196,6 +198,7 @@ class MachineReconciler:
             "name": self.key.name,
             "namespace": self.key.namespace,
             "uid": self.body["metadata"]["uid"],
+            "cleaning": self.spec.cleaning,
         }
         ops = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": rec.resource_version},
@@ -268,7 +271,7 @@ class MachineReconciler:
         resumes when the host's spec changes (e.g. the operator corrects the pinned host key)."""
         drop_ssh(self.ctx, host.key)
         claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
-        self.ctx.blocked[self.key] = (reason, message, host.generation)
+        self.ctx.blocked[self.key] = (reason, message, host.generation, host.key)
         self.status["steps"] = m.start_step(self.status.get("steps"), step, f"failed: {reason}")
         kopf.warn(self.body, reason=reason, message=message)
         self.conditions(claimed=claimed, provisioned=(False, reason, message))
@@ -404,6 +407,7 @@ async def machine_daemon(
         # In-memory state about this machine ends with it (a long-running controller sees many machines).
         ctx.wakers.forget(KIND, key)
         ctx.blocked.pop(key, None)
+        ctx.waiting_for_host.discard(key)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.MACHINES, id="machine-changed")
@@ -461,6 +465,26 @@ async def machine_deleted(
         logger.info("%s holds no host (or its host is gone); nothing to deprovision", key)
         return
     spec = from_obj(BareMetalMachineSpec, body.get("spec"))
+    if retry == 0:
+        status = dict(body.get("status") or {})
+        status["phase"] = "Deprovisioning"
+        status["conditions"] = set_condition(
+            status.get("conditions"),
+            READY,
+            False,
+            m.DELETING,
+            f"deprovisioning BareMetalHost {host.key.name}",
+            None,
+        )
+        await ctx.kube.patch(
+            api.GROUP,
+            api.VERSION,
+            api.MACHINES,
+            key.namespace,
+            key.name,
+            {"status": {"phase": status["phase"], "conditions": status["conditions"]}},
+            status=True,
+        )
     try:
         notes = await hostops.deprovision(ctx, host.key, host.spec, spec.cleaning)
     except HostAccessError as e:

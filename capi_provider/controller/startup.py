@@ -30,6 +30,8 @@ async def configure(
     # Retry API errors soon rather than on kopf's long default schedule; failures are logged each time.
     settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)
     settings.watching.inactivity_timeout = 120
+    # One ClusterKopfPeering (what the manifests ship) decides the leader even with --namespace.
+    settings.peering.clusterwide = True
     memo.ctx = Context(
         settings=config,
         kube=Kube(load_api_client(config.kubeconfig), threads=config.api_threads),

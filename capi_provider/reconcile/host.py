@@ -29,8 +29,17 @@ class BmcObservation:
         return self.error_reason is None and self.power is not None
 
 
-# Problems that are about our inputs rather than the BMC: fixing the spec or Secret is the way out.
-CONFIG_ERRORS = {"InvalidBMCAddress", "CredentialsSecretMissing", "CredentialsRejected"}
+# Which condition an error is about: the BMC connection, the credentials, or (anything else, e.g. cleaning
+# over SSH) neither — then only Ready says it.
+BMC_ERRORS = {
+    "BMCUnreachable",
+    "BMCTimeout",
+    "BMCProtocolError",
+    "BMCOperationFailed",
+    "TLSVerificationFailed",
+    "InvalidBMCAddress",
+}
+CREDENTIAL_ERRORS = {"CredentialsRejected", "CredentialsSecretMissing"}
 
 
 def host_state(
@@ -92,13 +101,11 @@ def host_conditions(
         conds = set_condition(conds, BMC_REACHABLE, True, "Reachable", "", generation)
         conds = set_condition(conds, CREDENTIALS_VALID, True, "Accepted", "", generation)
         return set_condition(conds, READY, True, "Ready", "", generation)
-    if reason in ("CredentialsRejected", "CredentialsSecretMissing"):
+    if reason in CREDENTIAL_ERRORS:
         # The BMC answered, it is our credentials that are wrong.
         conds = set_condition(conds, BMC_REACHABLE, True, "Reachable", "", generation)
-        conds = set_condition(conds, CREDENTIALS_VALID, False, reason, message, generation)
-    elif reason == "InvalidBMCAddress":
-        conds = set_condition(conds, BMC_REACHABLE, False, reason, message, generation)
-    else:
+        conds = set_condition(conds, CREDENTIALS_VALID, False, reason or "", message, generation)
+    elif reason in BMC_ERRORS or reason is None:
         conds = set_condition(conds, BMC_REACHABLE, False, reason or "BMCError", message, generation)
     return set_condition(conds, READY, False, reason or "BMCError", message, generation)
 

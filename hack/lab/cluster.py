@@ -40,7 +40,7 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 
 @dataclass
 class LabOptions:
-    scheduler: bool = False  # the autoscaler e2e needs real pod scheduling
+    scheduler: bool = False  # pods must really be scheduled (pending pod → node → scheduled benchmarks)
     capi: bool = True
     control_plane_provider: bool = False  # KubeadmControlPlane manager (flavors with KCP)
     audit_log: bool = False  # benchmarks count API requests per user from the audit log
