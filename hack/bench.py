@@ -87,13 +87,15 @@ def scale_to_zero(lab: Lab, ns: str, md: str) -> None:
     )
 
 
-def step_seconds(lab: Lab, ns: str) -> dict[str, float]:
-    """Mean duration of each provisioning step over the namespace's provisioned machines."""
+def step_seconds(lab: Lab, ns: str, prefix: str = "") -> dict[str, float]:
+    """Mean duration of each provisioning step over the namespace's machines named `prefix`*."""
     from datetime import datetime
 
     sums: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     for b in get(lab, "baremetalmachines", "-n", ns)["items"]:
+        if not b["metadata"]["name"].startswith(prefix):
+            continue
         for s in (b.get("status") or {}).get("steps") or []:
             if s.get("finishedAt"):
                 t0 = datetime.fromisoformat(s["startedAt"].replace("Z", "+00:00"))
@@ -188,11 +190,18 @@ def phase_warm(lab: Lab, out: dict[str, Any]) -> None:
     cold = pod_latency(lab, ns, "cold", "cold")
     say("pending pod → scheduled, warm pool ...")
     warm = pod_latency(lab, ns, "warm", "warm")
-    out["warm"] = {"cold": cold, "warm": warm, "saved": cold - warm}
+    out["warm"] = {
+        "cold": cold,
+        "warm": warm,
+        "saved": cold - warm,
+        "cold_steps": step_seconds(lab, ns, "cold"),
+        "warm_steps": step_seconds(lab, ns, "warm"),
+    }
 
 
 def phase_faults(lab: Lab, out: dict[str, Any]) -> None:
     ns = "bench-faults"
+    lab.hosts.ensure_namespace(ns)
     apply(lab, [*workload.cluster("c1", ns, lab.cluster.server), workload.bootstrap_data_secret("boot", ns)])
     for role in ("good", "bad"):
         for i in range(2):
@@ -303,6 +312,8 @@ def report(cfg: argparse.Namespace, out: dict[str, Any]) -> None:
         print("  mean step times: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["steps"].items()))
     if w := out.get("warm"):
         print("scale-up latency, pending pod → pod scheduled (node group scaled as the autoscaler would):")
+        for pool in ("cold", "warm"):
+            print(f"  {pool} steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in w[f"{pool}_steps"].items()))
         print(
             f"  cold pool {w['cold']:.1f}s   warm pool {w['warm']:.1f}s   saved {w['saved']:.1f}s "
             f"(boot delay {cfg.boot_delay:g}s)"

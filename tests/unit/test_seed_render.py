@@ -121,3 +121,8 @@ def test_errors_never_echo_the_bootstrap_data() -> None:
         )
     assert secret not in str(e.value)
     assert secret not in repr(inputs(bootstrap_data=secret))
+
+
+def test_unknown_override_keys_are_an_error_not_silently_ignored() -> None:
+    with pytest.raises(SeedTemplateError, match="userdata"):
+        render_seed(inputs(), {"userdata": "#cloud-config\n"})
