@@ -48,6 +48,22 @@ from capi_provider.bmc.address import BmcAddress
 from capi_provider.bmc.base import BmcCredentials, BmcError, BmcErrorReason, BootDevice, PowerState, redact
 
 LOG = logging.getLogger(__name__)
+
+
+def _untangle_pyghmi_locks() -> None:
+    """pyghmi 1.6.19 takes its two module locks in opposite orders on two paths: `send_payload` holds
+    KEEPALIVE_SESSIONS and then registers the session under WAITING_SESSIONS, while `wait_for_rsp`, handling
+    expired requests under WAITING_SESSIONS, retransmits through `send_payload` and wants KEEPALIVE_SESSIONS.
+    Once one slow BMC makes retransmits happen while other sessions log in, two threads deadlock and every
+    IPMI session of the process hangs behind them (bench: one BMC answering in 10 s froze 200 healthy ones).
+    Both are module globals looked up at each use, so making them one reentrant lock removes the inversion.
+    """
+    from pyghmi.ipmi.private import session
+
+    if session.WAITING_SESSIONS is not session.KEEPALIVE_SESSIONS:
+        session.WAITING_SESSIONS = session.KEEPALIVE_SESSIONS
+
+
 T = TypeVar("T")
 
 # IPMI chassis netfn and commands (IPMI 2.0 spec, section 28).
@@ -196,6 +212,8 @@ class IpmiDriver:
 
     def _login(self) -> Any:
         from pyghmi.ipmi.command import Command  # imported lazily: it starts pyghmi's I/O thread on first use
+
+        _untangle_pyghmi_locks()
 
         # Credentials go in as bytes on purpose. pyghmi files a half-open session under (host, user, password,
         # port, kg) as passed in, but removes that entry under the *encoded* user and password; with str

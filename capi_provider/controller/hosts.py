@@ -37,6 +37,7 @@ class HostMonitor:
         self.observation: h.BmcObservation | None = None
         self.credentials_version: str | None = None
         self.warm_verified = False
+        self.rejected_once = False
         self.last_reported: tuple[str | None, str | None] = (None, None)
 
     async def observe(self, rec: HostRecord) -> h.BmcObservation:
@@ -64,6 +65,12 @@ class HostMonitor:
             return 600.0
         before = self.observation
         obs = await self.observe(rec)
+        if obs.error_reason == "CredentialsRejected" and not self.rejected_once:
+            # A loaded BMC can fail one RMCP+ handshake as if the password were wrong. Ask again shortly
+            # before telling anyone; a wrong password is refused the second time as well.
+            self.rejected_once = True
+            return 2.0
+        self.rejected_once = obs.error_reason == "CredentialsRejected"
         consumer = rec.consumer
         consumer_phase: h.ConsumerPhase | None = None
         if consumer is not None:
