@@ -7,6 +7,8 @@ decided once, from the parsed address.
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -124,3 +126,17 @@ def open_driver(
     from capi_provider.bmc.redfish import RedfishDriver
 
     return RedfishDriver(address, creds, verify_tls=verify_tls, timeout=timeout, ca_bundle=ca_bundle)
+
+
+def wait_for_power(
+    read: Callable[[], PowerState], state: PowerState, deadline: float, describe: str, interval: float
+) -> None:
+    """Poll until the BMC reports `state` (BMCs apply power changes late; Redfish ones acknowledge at once and
+    act seconds later), or raise BMCTimeout at `deadline` (time.monotonic)."""
+    while read() is not state:
+        if time.monotonic() + interval >= deadline:
+            raise BmcError(
+                f"{describe} accepted power {state.value} but still reports otherwise",
+                reason=BmcErrorReason.TIMEOUT,
+            )
+        time.sleep(interval)

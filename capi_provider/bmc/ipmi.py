@@ -45,7 +45,15 @@ from typing import Any, TypeVar
 
 from capi_provider.bmc._bounded import BoundedCaller
 from capi_provider.bmc.address import BmcAddress
-from capi_provider.bmc.base import BmcCredentials, BmcError, BmcErrorReason, BootDevice, PowerState, redact
+from capi_provider.bmc.base import (
+    BmcCredentials,
+    BmcError,
+    BmcErrorReason,
+    BootDevice,
+    PowerState,
+    redact,
+    wait_for_power,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -263,15 +271,7 @@ class IpmiDriver:
         return response
 
     def _wait_for(self, state: PowerState) -> None:
-        while True:
-            if self._read_power() is state:
-                return
-            if time.monotonic() + POLL_INTERVAL >= self._deadline:
-                raise BmcError(
-                    f"{self._describe} accepted power {state.value} but still reports otherwise",
-                    reason=BmcErrorReason.TIMEOUT,
-                )
-            time.sleep(POLL_INTERVAL)
+        wait_for_power(self._read_power, state, self._deadline, self._describe, POLL_INTERVAL)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Call into pyghmi and translate whatever comes out of it into BmcError.

@@ -9,8 +9,8 @@ from typing import Any
 import kopf
 
 from capi_provider import api
-from capi_provider.controller.context import Context, ObjKey
-from capi_provider.reconcile.conditions import READY, same_ignoring_time, set_condition
+from capi_provider.controller.context import Context, ObjKey, run_daemon
+from capi_provider.reconcile.conditions import READY, set_condition, status_changed
 from capi_provider.reconcile.machine import paused_condition
 
 KIND = "cluster"
@@ -63,10 +63,7 @@ async def reconcile_cluster(ctx: Context, body: Any) -> float:
                 generation,
             )
     status["conditions"] = conds
-    changed = not same_ignoring_time(current.get("conditions"), conds) or any(
-        current.get(k) != v for k, v in status.items() if k != "conditions"
-    )
-    if changed:
+    if status_changed(current, status):
         await ctx.kube.patch(
             api.GROUP, api.VERSION, api.CLUSTERS, key.namespace, key.name, {"status": status}, status=True
         )
@@ -80,14 +77,7 @@ async def cluster_daemon(
     stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any
 ) -> None:
     ctx: Context = memo.ctx
-    key = ObjKey.of(body)
-    while not stopped:
-        try:
-            delay = await reconcile_cluster(ctx, body)
-        except Exception:  # keep the daemon alive; the next change or timeout retries
-            logger.exception("reconcile of %s failed; retrying", key)
-            delay = 30.0
-        await ctx.wakers.sleep(KIND, key, delay, stopped)
+    await run_daemon(ctx, KIND, ObjKey.of(body), stopped, logger, lambda: reconcile_cluster(ctx, body))
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.CLUSTERS, id="bmcluster-changed")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -73,6 +73,14 @@ class Wakers:
         self.wake(kind, key)
         return True
 
+    def seen_before(self, kind: str, key: ObjKey, fingerprint: object) -> bool:
+        """Record `fingerprint` for an object we do not own (CAPI's); True if it is what we saw last."""
+        fp = hash(repr(fingerprint))
+        if self._seen.get((kind, key)) == fp:
+            return True
+        self._seen[(kind, key)] = fp
+        return False
+
     def wake_namespace(self, kind: str, namespace: str) -> None:
         for (k, key), ev in list(self._events.items()):
             if k == kind and key.namespace == namespace:
@@ -125,6 +133,8 @@ class Context:
     blocked: dict[ObjKey, tuple[str, str, int, ObjKey]] = field(
         default_factory=dict
     )  # -> reason, msg, gen, host
+    # Consecutive failed attempts of a machine's current step (for its retry backoff).
+    step_failures: dict[ObjKey, int] = field(default_factory=dict)
     # Machines whose last pass found no host: any change to a free host gives them another look.
     waiting_for_host: set[ObjKey] = field(default_factory=set)
     # Hosts whose last power operation should be recorded by the host daemon (which owns host status).
@@ -136,3 +146,28 @@ class Context:
         if key not in self.secrets:
             self.secrets[key] = await self.kube.get_secret(namespace, name)
         return self.secrets[key]
+
+
+async def run_daemon(
+    ctx: Context,
+    kind: str,
+    key: ObjKey,
+    stopped: Any,
+    logger: Any,
+    one_pass: Callable[[], Awaitable[float]],
+    *,
+    retry_after: float = 30.0,
+) -> None:
+    """The loop every object's daemon runs: a pass, then sleep until woken, stopped or the pass's requeue
+    time. A failed pass is logged and retried later; it never ends the daemon. The object's in-memory
+    wake-up state goes when the daemon does (a long-running controller sees many objects come and go)."""
+    try:
+        while not stopped:
+            try:
+                delay = await one_pass()
+            except Exception:  # any failure: the next wake-up or retry_after tries again
+                logger.exception("%s %s: pass failed; retrying", kind, key)
+                delay = retry_after
+            await ctx.wakers.sleep(kind, key, delay, stopped)
+    finally:
+        ctx.wakers.forget(kind, key)

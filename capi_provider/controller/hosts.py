@@ -16,12 +16,12 @@ import kopf
 from capi_provider import api
 from capi_provider.bmc.base import PowerState
 from capi_provider.controller import hostops
-from capi_provider.controller.context import Context, ObjKey
+from capi_provider.controller.context import Context, ObjKey, run_daemon
 from capi_provider.controller.hostio import HostAccessError, bmc_credentials, bmc_op, with_bmc, with_ssh
 from capi_provider.controller.inventory import HostRecord, host_record, one, records
 from capi_provider.controller.machines import DELETE_FOR_MOVE, release_host
 from capi_provider.reconcile import host as h
-from capi_provider.reconcile.conditions import now, same_ignoring_time
+from capi_provider.reconcile.conditions import now, status_changed
 
 KIND = "host"
 
@@ -190,10 +190,7 @@ class HostMonitor:
         op = self.ctx.power_events.pop(rec.key, None)
         if op:
             new["lastPowerOperation"] = {**op, "time": now()}
-        visible_change = any(
-            current.get(k) != v for k, v in new.items() if k != "conditions"
-        ) or not same_ignoring_time(current.get("conditions"), new["conditions"])
-        if visible_change:
+        if status_changed(current, new):
             if obs.ok:
                 new["lastPolled"] = now()
             await self.ctx.kube.patch(
@@ -254,15 +251,10 @@ async def host_daemon(
             status=True,
         )
     try:
-        while not stopped:
-            try:
-                delay = await monitor.pass_once(body, machine_inventory, logger)
-            except Exception:  # keep monitoring: the next pass may well succeed
-                logger.exception("monitoring %s failed; retrying", key)
-                delay = 30.0
-            await ctx.wakers.sleep(KIND, key, delay, stopped)
+        await run_daemon(
+            ctx, KIND, key, stopped, logger, lambda: monitor.pass_once(body, machine_inventory, logger)
+        )
     finally:
-        ctx.wakers.forget(KIND, key)
         ctx.power_events.pop(key, None)
 
 

@@ -18,12 +18,12 @@ from capi_provider.api.schema import from_obj
 from capi_provider.api.types import BareMetalMachineSpec
 from capi_provider.bootstrap.render import HostInput, NicInput, SeedInputs, SeedTemplateError, render_seed
 from capi_provider.controller import hostops
-from capi_provider.controller.context import Context, ObjKey
+from capi_provider.controller.context import Context, ObjKey, run_daemon
 from capi_provider.controller.hostio import HostAccessError, drop_ssh
 from capi_provider.controller.inventory import HostRecord, one, records
 from capi_provider.k8s import Conflict
 from capi_provider.reconcile import machine as m
-from capi_provider.reconcile.conditions import READY, same_ignoring_time, set_condition
+from capi_provider.reconcile.conditions import READY, set_condition, status_changed
 from capi_provider.reconcile.hostmatch import MachineRequest, best_fit, explain_no_match
 
 KIND = "machine"
@@ -74,10 +74,7 @@ class MachineReconciler:
     # ------------------------------------------------------------------ status plumbing
     async def flush(self) -> None:
         """Write status if it changed in a way an operator could see."""
-        before, after = self._written_status, self.status
-        if same_ignoring_time(before.get("conditions"), after.get("conditions")) and {
-            k: v for k, v in before.items() if k != "conditions"
-        } == {k: v for k, v in after.items() if k != "conditions"}:
+        if not status_changed(self._written_status, self.status):
             return
         await self.ctx.kube.patch(
             api.GROUP,
@@ -264,6 +261,7 @@ class MachineReconciler:
                 self.status["steps"] = m.start_step(self.status.get("steps"), step, f"failed: {e}")
                 return LONG
             self.status["steps"] = m.finish_step(self.status.get("steps"), step, note)
+            self.ctx.step_failures.pop(self.key, None)
             self.log.info("%s: %s on %s: %s", self.key, step, host.key.name, note)
 
     def block(self, step: str, host: HostRecord, reason: str, message: str) -> float:
@@ -283,9 +281,16 @@ class MachineReconciler:
         if reason == "HostKeyMismatch":
             # A different machine (or an attacker) answers at that address: never send it anything.
             return self.block(step, host, reason, message)
-        self.conditions(claimed=claimed, provisioned=(False, reason, f"{step}: {message} (retrying)"))
-        self.log.warning("%s: %s failed: %s: %s", self.key, step, reason, message)
-        return 15.0
+        attempt = self.ctx.step_failures.get(self.key, 0) + 1
+        self.ctx.step_failures[self.key] = attempt
+        # Exponential backoff per machine: a BMC or network that stays down is not retried in a tight loop.
+        delay = min(300.0, 15.0 * 2 ** (attempt - 1))
+        self.conditions(
+            claimed=claimed,
+            provisioned=(False, reason, f"{step}: {message} (attempt {attempt}, next in {delay:.0f}s)"),
+        )
+        self.log.warning("%s: %s failed (attempt %d): %s: %s", self.key, step, attempt, reason, message)
+        return delay
 
     async def run_step(
         self, step: str, host: HostRecord, machine: dict[str, Any], cluster_name: str, data_secret: str | None
@@ -389,25 +394,21 @@ async def machine_daemon(
 ) -> None:
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
+
+    async def one_pass() -> float:
+        # Read the object fresh: kopf's live body can lag behind our own last write, and a pass built on it
+        # would redo finished steps or write stale status back.
+        fresh = await ctx.kube.get(api.GROUP, api.VERSION, api.MACHINES, key.namespace, key.name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return LONG
+        return await MachineReconciler(ctx, fresh, host_inventory, logger).reconcile()
+
     try:
-        while not stopped:
-            try:
-                # Read the object fresh: kopf's live body can lag behind our own last write, and a pass
-                # built on it would redo finished steps or write stale status back.
-                fresh = await ctx.kube.get(api.GROUP, api.VERSION, api.MACHINES, key.namespace, key.name)
-                if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                    delay = LONG
-                else:
-                    delay = await MachineReconciler(ctx, fresh, host_inventory, logger).reconcile()
-            except Exception:  # one failed pass must not end the daemon: log it, try again later
-                logger.exception("reconcile of %s failed; retrying", key)
-                delay = 30.0
-            await ctx.wakers.sleep(KIND, key, delay, stopped)
+        await run_daemon(ctx, KIND, key, stopped, logger, one_pass)
     finally:
-        # In-memory state about this machine ends with it (a long-running controller sees many machines).
-        ctx.wakers.forget(KIND, key)
         ctx.blocked.pop(key, None)
         ctx.waiting_for_host.discard(key)
+        ctx.step_failures.pop(key, None)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.MACHINES, id="machine-changed")
@@ -426,14 +427,38 @@ def machine_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(api.CAPI_GROUP, api.CAPI_VERSION, "machines", id="capi-machine-changed")
 def capi_machine_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    ref = (body.get("spec") or {}).get("infrastructureRef") or {}
-    if ref.get("kind") == "BareMetalMachine" and ref.get("name"):
-        memo.ctx.wakers.wake(KIND, ObjKey(body["metadata"]["namespace"], ref["name"]))
+    """Wake the BareMetalMachine when something it reads from its Machine changes. Not on every Machine
+    update: CAPI mirrors our conditions into the Machine, and waking on that would feed our own writes back
+    to us."""
+    spec, meta = body.get("spec") or {}, body["metadata"]
+    ref = spec.get("infrastructureRef") or {}
+    if ref.get("kind") != "BareMetalMachine" or not ref.get("name"):
+        return
+    key = ObjKey(meta["namespace"], ref["name"])
+    relevant = (
+        (spec.get("bootstrap") or {}).get("dataSecretName"),
+        spec.get("failureDomain"),
+        spec.get("clusterName"),
+        api.PAUSED_ANNOTATION in (meta.get("annotations") or {}),
+        meta.get("deletionTimestamp"),
+    )
+    if not memo.ctx.wakers.seen_before("capi-machine", key, relevant):
+        memo.ctx.wakers.wake(KIND, key)
 
 
 @kopf.on.event(api.CAPI_GROUP, api.CAPI_VERSION, "clusters", id="capi-cluster-changed")
 def capi_cluster_changed(body: kopf.Body, memo: kopf.Memo, machine_inventory: kopf.Index, **_: Any) -> None:
-    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    """Pause, infrastructure readiness and the endpoint are all we read from a Cluster (see above)."""
+    spec, meta = body.get("spec") or {}, body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    relevant = (
+        spec.get("paused"),
+        api.PAUSED_ANNOTATION in (meta.get("annotations") or {}),
+        ((body.get("status") or {}).get("initialization") or {}).get("infrastructureProvisioned"),
+        spec.get("controlPlaneEndpoint"),
+    )
+    if memo.ctx.wakers.seen_before("capi-cluster", ObjKey(ns, name), relevant):
+        return
     keys = [r.key for r in records(machine_inventory) if r.key.namespace == ns and r.cluster == name]
     memo.ctx.wakers.wake_all(KIND, keys)
     # BareMetalClusters follow their Cluster's pause and endpoint; there are few, so wake the namespace's.

@@ -16,9 +16,10 @@ import kopf
 from capi_provider import api
 from capi_provider.api.schema import from_obj
 from capi_provider.api.types import BareMetalMachineTemplateSpec
-from capi_provider.controller.context import Context, ObjKey
+from capi_provider.controller.context import Context, ObjKey, run_daemon
 from capi_provider.controller.inventory import HostRecord, records
 from capi_provider.reconcile.capacity import node_capacity, warm_pool_choice
+from capi_provider.reconcile.conditions import status_changed
 from capi_provider.reconcile.hostmatch import MachineRequest, best_fit
 
 KIND = "template"
@@ -72,7 +73,7 @@ async def reconcile_template(
             ctx.wakers.wake("host", host)
         logger.info("%s: warm pool now %s", key, sorted(h.name for h in wanted))
     current = dict(body.get("status") or {})
-    if any(current.get(k) != v for k, v in status.items()):
+    if status_changed(current, status):
         await ctx.kube.patch(
             api.GROUP,
             api.VERSION,
@@ -102,14 +103,14 @@ async def template_daemon(
 ) -> None:
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
+
+    async def one_pass() -> float:
+        await asyncio.sleep(DEBOUNCE)
+        await reconcile_template(ctx, body, host_inventory, logger)
+        return 600.0
+
     try:
-        while not stopped:
-            try:
-                await reconcile_template(ctx, body, host_inventory, logger)
-            except Exception:  # keep the template current on the next change
-                logger.exception("capacity of %s failed; retrying", key)
-            await ctx.wakers.sleep(KIND, key, 600.0, stopped)
-            await asyncio.sleep(DEBOUNCE)
+        await run_daemon(ctx, KIND, key, stopped, logger, one_pass)
     finally:
         # A deleted template stops holding hosts warm.
         if ctx.warm_by_template.pop(key, None):

@@ -68,3 +68,11 @@ def same_ignoring_time(a: list[dict[str, Any]] | None, b: list[dict[str, Any]] |
         return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []]
 
     return strip(a) == strip(b)
+
+
+def status_changed(current: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether writing the fields of `new` over `current` changes what an operator sees; controllers skip
+    the write otherwise, so an idle controller writes nothing."""
+    if not same_ignoring_time(current.get("conditions"), new.get("conditions", current.get("conditions"))):
+        return True
+    return any(current.get(k) != v for k, v in new.items() if k != "conditions")

@@ -59,8 +59,11 @@ def steps_done(steps: list[dict[str, Any]] | None) -> frozenset[str]:
 
 
 def start_step(steps: list[dict[str, Any]] | None, name: str, message: str = "") -> list[dict[str, Any]]:
+    """Record that `name` is running. A retry of a step that never finished keeps its first start time, so
+    the timestamps say how long the step has really been trying."""
+    previous = next((s for s in steps or [] if s.get("name") == name and not s.get("finishedAt")), None)
     out = [s for s in steps or [] if s.get("name") != name]
-    entry: dict[str, Any] = {"name": name, "startedAt": now()}
+    entry: dict[str, Any] = {"name": name, "startedAt": previous["startedAt"] if previous else now()}
     if message:
         entry["message"] = message
     out.append(entry)

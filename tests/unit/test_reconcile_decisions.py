@@ -130,3 +130,12 @@ def test_ready_summary_carries_the_blocking_reason() -> None:
     assert m.phase_for("HostKeyMismatch", False) == "Failed"
     assert m.phase_for(m.WAITING_FOR_HOST, False) == "WaitingForHost"
     assert m.phase_for("anything", True) == "Provisioned"
+
+
+def test_a_retried_step_keeps_its_first_start_time() -> None:
+    first = m.start_step(None, "WaitForSSH")
+    first[0]["startedAt"] = "2026-01-01T00:00:00Z"
+    again = m.start_step(first, "WaitForSSH", "retry")
+    assert again[0]["startedAt"] == "2026-01-01T00:00:00Z" and again[0]["message"] == "retry"
+    done = m.finish_step(again, "WaitForSSH")
+    assert m.start_step(done, "WaitForSSH")[0]["startedAt"] != "2026-01-01T00:00:00Z"
