@@ -44,6 +44,10 @@ test-unit: venv ## pure-logic tests only (no cluster)
 test-slow: deps ## the long e2e/scale tests left out of the default run
 	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
 
+.PHONY: demo
+demo: deps release-manifests ## the whole story in the local lab: 5 servers, a cluster, scale 0 -> 3 -> 1
+	PYTHONPATH=hack:. $(PY) hack/demo.py $(DEMO_ARGS)
+
 .PHONY: bench
 bench: deps ## speed and memory targets, measured in one run (about 15 minutes)
 	PYTHONPATH=hack:. $(PY) hack/bench.py $(BENCH_ARGS)
