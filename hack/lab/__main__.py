@@ -107,6 +107,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     lab = Lab(LabConfig(workdir=workdir, hosts=args.hosts))
     try:
         lab.start()
+        if args.hosts:
+            lab.wait_hosts_available()  # "ready" means the provider has registered the hosts too
         (workdir / "ready.json").write_text(json.dumps(lab.describe()))
         while not stop:
             time.sleep(0.5)
