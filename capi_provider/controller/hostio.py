@@ -35,20 +35,40 @@ def bmc_address(spec: BareMetalHostSpec) -> BmcAddress:
         raise HostAccessError("InvalidBMCAddress", str(e)) from None
 
 
+async def secret_values(
+    ctx: Context,
+    namespace: str,
+    name: str,
+    keys: tuple[str, ...],
+    reason: str,
+    may_be_empty: tuple[str, ...] = (),
+) -> tuple[dict[str, str], str]:
+    """The named keys of a Secret (and its resourceVersion), or HostAccessError(`reason`) naming what is
+    missing. Values are never part of the message. Keys in `may_be_empty` may hold an empty value (some BMC
+    accounts have no password)."""
+    secret = await ctx.secret(namespace, name)
+    if secret is None:
+        raise HostAccessError(reason, f"Secret {namespace}/{name} does not exist")
+    if any(secret.data.get(k) is None or (k not in may_be_empty and not secret.data[k]) for k in keys):
+        raise HostAccessError(
+            reason, f"Secret {namespace}/{name} needs the keys {', '.join(f'`{k}`' for k in keys)}"
+        )
+    return {k: secret.data[k].decode() for k in keys}, secret.resource_version
+
+
 async def bmc_credentials(
     ctx: Context, namespace: str, spec: BareMetalHostSpec
 ) -> tuple[BmcCredentials, str]:
     """The BMC credentials and the Secret's resourceVersion (recorded once the BMC accepts them)."""
-    name = spec.bmc.credentialsName
-    secret = await ctx.secret(namespace, name)
-    if secret is None:
-        raise HostAccessError("CredentialsSecretMissing", f"Secret {namespace}/{name} does not exist")
-    user, password = secret.data.get("username"), secret.data.get("password")
-    if not user or password is None:
-        raise HostAccessError(
-            "CredentialsSecretMissing", f"Secret {namespace}/{name} needs the keys `username` and `password`"
-        )
-    return BmcCredentials(user.decode(), password.decode()), secret.resource_version
+    values, version = await secret_values(
+        ctx,
+        namespace,
+        spec.bmc.credentialsName,
+        ("username", "password"),
+        "CredentialsSecretMissing",
+        may_be_empty=("password",),
+    )
+    return BmcCredentials(values["username"], values["password"]), version
 
 
 async def bmc_op(
@@ -86,19 +106,16 @@ async def with_bmc(
     *,
     timeout: float | None = None,
 ) -> T:
-    """Like bmc_op, reading the credentials first (fresh each time: a rotated Secret applies at once)."""
+    """Like bmc_op, reading the credentials first (cached until the Secret watch reports a change)."""
     creds, _ = await bmc_credentials(ctx, namespace, spec)
     return await bmc_op(ctx, spec, creds, op, timeout=timeout)
 
 
 async def ssh_private_key(ctx: Context, namespace: str, spec: BareMetalHostSpec) -> str:
-    name = spec.ssh.privateKeySecretName
-    secret = await ctx.secret(namespace, name)
-    if secret is None or not secret.data.get("ssh-privatekey"):
-        raise HostAccessError(
-            "SSHKeySecretMissing", f"Secret {namespace}/{name} with key `ssh-privatekey` does not exist"
-        )
-    return secret.data["ssh-privatekey"].decode()
+    values, _ = await secret_values(
+        ctx, namespace, spec.ssh.privateKeySecretName, ("ssh-privatekey",), "SSHKeySecretMissing"
+    )
+    return values["ssh-privatekey"]
 
 
 async def with_ssh(

@@ -149,13 +149,10 @@ async def read_power(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> Pow
     return await with_bmc(ctx, host.namespace, spec, lambda d: d.get_power())
 
 
-async def power_off(ctx: Context, host: ObjKey, spec: BareMetalHostSpec) -> None:
+async def set_power(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, state: PowerState) -> None:
+    """Power the host on or off and wait until the BMC reports it (bounded by the settle timeout)."""
     await with_bmc(
-        ctx,
-        host.namespace,
-        spec,
-        lambda d: d.set_power(PowerState.OFF),
-        timeout=ctx.settings.power_settle_timeout,
+        ctx, host.namespace, spec, lambda d: d.set_power(state), timeout=ctx.settings.power_settle_timeout
     )
 
 
@@ -165,19 +162,13 @@ async def deprovision(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, clean
     must not find the last one's data. An OS that does not come up is noted, not waited on forever."""
     notes = []
     on = await read_power(ctx, host, spec) == PowerState.ON
-    if not on and cleaning == "metadata":
-        await with_bmc(
-            ctx,
-            host.namespace,
-            spec,
-            lambda d: d.set_power(PowerState.ON),
-            timeout=ctx.settings.power_settle_timeout,
-        )
+    booted_to_clean = not on and cleaning == "metadata"
+    if booted_to_clean:
+        await set_power(ctx, host, spec, PowerState.ON)
         notes.append("booted to clean")
-        on = True
-    if on:
+    if on or booted_to_clean:
         try:
-            if "booted to clean" in notes:
+            if booted_to_clean:
                 await with_ssh(
                     ctx, host, spec, lambda shell: None, wait=ctx.settings.boot_timeout, timeout=5, keep=True
                 )
@@ -186,6 +177,6 @@ async def deprovision(ctx: Context, host: ObjKey, spec: BareMetalHostSpec, clean
             if e.reason == "CleaningFailed":
                 raise  # the OS answered and the wipe failed: the host must not go back to the pool dirty
             notes.append(f"OS unreachable, not reset/wiped: {e.reason}")
-    await power_off(ctx, host, spec)
+    await set_power(ctx, host, spec, PowerState.OFF)
     notes.append("powered off")
     return notes

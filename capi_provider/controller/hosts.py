@@ -17,7 +17,7 @@ from capi_provider import api
 from capi_provider.bmc.base import PowerState
 from capi_provider.controller import hostops
 from capi_provider.controller.context import Context, ObjKey, run_daemon
-from capi_provider.controller.hostio import HostAccessError, bmc_credentials, bmc_op, with_bmc, with_ssh
+from capi_provider.controller.hostio import HostAccessError, bmc_credentials, bmc_op, with_ssh
 from capi_provider.controller.inventory import HostRecord, host_record, one, records
 from capi_provider.controller.machines import DELETE_FOR_MOVE, release_host
 from capi_provider.reconcile import host as h
@@ -105,13 +105,7 @@ class HostMonitor:
             if obs.power == want:
                 return obs
             try:
-                await with_bmc(
-                    self.ctx,
-                    rec.key.namespace,
-                    rec.spec,
-                    lambda d: d.set_power(PowerState(want)),
-                    timeout=self.ctx.settings.power_settle_timeout,
-                )
+                await hostops.set_power(self.ctx, rec.key, rec.spec, PowerState(want))
             except HostAccessError as e:
                 return h.BmcObservation(power=obs.power, error_reason=e.reason, error_message=e.message)
             reason = "WarmPool" if warm and not rec.spec.online else "OnlineSpec"
@@ -176,7 +170,7 @@ class HostMonitor:
         current = dict(body.get("status") or {})
         generation = body["metadata"].get("generation")
         new: dict[str, Any] = {
-            "provisioningState": h.host_state(rec.consumer is not None, consumer_phase, obs, False),
+            "provisioningState": h.host_state(rec.consumer is not None, consumer_phase, obs),
             "powerState": obs.power or current.get("powerState") or "unknown",
         }
         last_error, count = h.error_status(current.get("lastError"), obs, int(current.get("errorCount") or 0))
@@ -317,13 +311,7 @@ async def host_deleted(
                 delay=30,
             )
     try:
-        await with_bmc(
-            ctx,
-            rec.key.namespace,
-            rec.spec,
-            lambda d: d.set_power(PowerState.OFF),
-            timeout=ctx.settings.power_settle_timeout,
-        )
+        await hostops.set_power(ctx, rec.key, rec.spec, PowerState.OFF)
     except HostAccessError as e:
         if retry < 4:
             raise kopf.TemporaryError(

@@ -76,15 +76,7 @@ class MachineReconciler:
         """Write status if it changed in a way an operator could see."""
         if not status_changed(self._written_status, self.status):
             return
-        await self.ctx.kube.patch(
-            api.GROUP,
-            api.VERSION,
-            api.MACHINES,
-            self.key.namespace,
-            self.key.name,
-            {"status": self.status},
-            status=True,
-        )
+        await self._patch({"status": self.status}, status=True)
         self._written_status = copy.deepcopy(self.status)
 
     def conditions(
@@ -100,15 +92,13 @@ class MachineReconciler:
         reason = provisioned[1] if provisioned else claimed[1]
         self.status["phase"] = m.phase_for(reason if claimed[0] else claimed[1], done)
 
-    async def annotate(self, annotations: dict[str, str | None]) -> None:
+    async def _patch(self, body: dict[str, Any], *, status: bool = False) -> None:
         await self.ctx.kube.patch(
-            api.GROUP,
-            api.VERSION,
-            api.MACHINES,
-            self.key.namespace,
-            self.key.name,
-            {"metadata": {"annotations": annotations}},
+            api.GROUP, api.VERSION, api.MACHINES, self.key.namespace, self.key.name, body, status=status
         )
+
+    async def annotate(self, annotations: dict[str, str | None]) -> None:
+        await self._patch({"metadata": {"annotations": annotations}})
 
     # ------------------------------------------------------------------ the loop body
     async def reconcile(self) -> float:
@@ -354,14 +344,7 @@ class MachineReconciler:
         uid = self.body["metadata"]["uid"]
         pid = self.spec.providerID or m.provider_id(self.key.namespace, host.key.name, uid)
         if not self.spec.providerID:
-            await self.ctx.kube.patch(
-                api.GROUP,
-                api.VERSION,
-                api.MACHINES,
-                self.key.namespace,
-                self.key.name,
-                {"spec": {"providerID": pid}, "metadata": {"annotations": {BLOCK_MOVE: None}}},
-            )
+            await self._patch({"spec": {"providerID": pid}, "metadata": {"annotations": {BLOCK_MOVE: None}}})
             self.spec.providerID = pid
             kopf.info(self.body, reason="Provisioned", message=f"{host.key.name} provisioned as {pid}")
         self.status["initialization"] = {"provisioned": True}

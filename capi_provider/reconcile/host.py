@@ -46,12 +46,11 @@ def host_state(
     consumer: bool,
     consumer_phase: ConsumerPhase | None,
     observation: BmcObservation | None,
-    deprovisioning: bool,
 ) -> str:
     """registering → available ⇄ provisioning → provisioned → deprovisioning → available; error for a free
     host whose BMC is not usable."""
     if consumer:
-        if deprovisioning or consumer_phase in ("missing", "deleting"):
+        if consumer_phase in ("missing", "deleting"):
             return "deprovisioning"
         return "provisioned" if consumer_phase == "provisioned" else "provisioning"
     if observation is None:

@@ -14,13 +14,13 @@ def test_host_states_follow_claims_and_the_bmc() -> None:
         h.BmcObservation(power="off"),
         h.BmcObservation(error_reason="BMCUnreachable", error_message="x"),
     )
-    assert h.host_state(False, None, None, False) == "registering"
-    assert h.host_state(False, None, ok, False) == "available"
-    assert h.host_state(False, None, bad, False) == "error"
-    assert h.host_state(True, "provisioning", ok, False) == "provisioning"
-    assert h.host_state(True, "provisioned", bad, False) == "provisioned"  # in use: a BMC blip is not a state
-    assert h.host_state(True, "deleting", ok, False) == "deprovisioning"
-    assert h.host_state(True, "missing", bad, False) == "deprovisioning"
+    assert h.host_state(False, None, None) == "registering"
+    assert h.host_state(False, None, ok) == "available"
+    assert h.host_state(False, None, bad) == "error"
+    assert h.host_state(True, "provisioning", ok) == "provisioning"
+    assert h.host_state(True, "provisioned", bad) == "provisioned"  # in use: a BMC blip is not a state
+    assert h.host_state(True, "deleting", ok) == "deprovisioning"
+    assert h.host_state(True, "missing", bad) == "deprovisioning"
 
 
 def test_free_host_power_policy() -> None:
