@@ -7,11 +7,11 @@ writes a clusterctl local repository and a config that points at it:
     out/infrastructure-baremetal/v<version>/
         infrastructure-components.yaml    kustomize render of config/default
         metadata.yaml                     release series -> contract
-        cluster-template*.yaml            the flavors, copied from templates/
+        cluster-template*.yaml            the flavors, copied from flavors/
     out/clusterctl.yaml                   `--config` for clusterctl
 
-The version is pyproject.toml's. Before building it regenerates templates/ from hack/flavors.py, so one
-command refreshes everything; the unit tests catch a checkout whose committed templates are stale.
+The version is pyproject.toml's. Before building it regenerates flavors/ from hack/flavorgen.py, so one
+command refreshes everything; the unit tests catch a checkout whose committed flavors are stale.
 kustomize is kubectl's built-in one (the lab's kubectl, else `kubectl` on PATH).
 """
 
@@ -32,7 +32,7 @@ REPO_DIR = HACK_DIR.parent
 if str(HACK_DIR) not in sys.path:  # `python hack/release.py` and imports from tests alike
     sys.path.insert(0, str(HACK_DIR))
 
-import flavors  # noqa: E402
+import flavorgen  # noqa: E402
 
 PROVIDER_NAME = "baremetal"
 PROVIDER_LABEL = f"infrastructure-{PROVIDER_NAME}"
@@ -158,17 +158,17 @@ def clusterctl_config(components_path: Path) -> str:
 def release(out: Path, kubectl: str | None = None) -> Path:
     """Write the local repository for this version under `out`; returns the version directory."""
     version = project_version()
-    stale = flavors.drift()
+    stale = flavorgen.drift()
     if stale:
-        raise ReleaseError(f"templates/ is out of date ({', '.join(stale)}): run `python hack/flavors.py`")
+        raise ReleaseError(f"flavors/ is out of date ({', '.join(stale)}): run `python hack/flavorgen.py`")
     comps = components(kubectl, version)
     vdir = out / PROVIDER_LABEL / f"v{version}"
     if vdir.exists():
-        shutil.rmtree(vdir)  # a flavor removed from templates/ must not linger in the release
+        shutil.rmtree(vdir)  # a flavor removed from flavors/ must not linger in the release
     vdir.mkdir(parents=True)
     (vdir / COMPONENTS_FILE).write_text(comps)
     (vdir / "metadata.yaml").write_text(metadata(version))
-    for template in sorted(flavors.TEMPLATES_DIR.glob("cluster-template*.yaml")):
+    for template in sorted(flavorgen.FLAVORS_DIR.glob("cluster-template*.yaml")):
         shutil.copyfile(template, vdir / template.name)
     (out / "clusterctl.yaml").write_text(clusterctl_config(vdir / COMPONENTS_FILE))
     return vdir
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO_DIR / "out", help="output directory (default: out/)")
     a = p.parse_args(argv)
     try:
-        flavors.write()
+        flavorgen.write()
         vdir = release(a.out)
     except ReleaseError as e:
         print(f"release-manifests: {e}", file=sys.stderr)

@@ -81,7 +81,7 @@ _ENV = ImmutableSandboxedEnvironment(
 
 
 def default_template(name: str) -> str:
-    return resources.files("capi_provider.bootstrap").joinpath("templates", f"{name}.j2").read_text()
+    return resources.files("capi_provider.bootstrap").joinpath("seed_templates", f"{name}.j2").read_text()
 
 
 def render_seed(inputs: SeedInputs, overrides: dict[str, str] | None = None) -> dict[str, bytes]:

@@ -1,3 +1,3 @@
 """kopf glue: importing this package registers every handler (one module per kind)."""
 
-from capi_provider.controller import clusters, hosts, inventory, machines, startup, templates  # noqa: F401
+from capi_provider.controller import clusters, hosts, inventory, machine_templates, machines, startup  # noqa: F401

@@ -10,8 +10,8 @@ import kopf
 
 from capi_provider import api
 from capi_provider.controller.context import Context, ObjKey, run_daemon
-from capi_provider.reconcile.conditions import READY, set_condition, status_changed
-from capi_provider.reconcile.machine import paused_condition
+from capi_provider.decisions.conditions import READY, set_condition, status_changed
+from capi_provider.decisions.machine import paused_condition
 
 KIND = "cluster"
 

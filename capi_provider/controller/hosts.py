@@ -2,7 +2,7 @@
 deprovisioning for hosts whose machine is gone, and safe deletion.
 
 One kopf daemon per host observes its BMC (never the API: an idle host costs no API requests), decides with
-capi_provider/reconcile/host.py, and writes status only when something changed. It is the only writer of
+capi_provider/decisions/host.py, and writes status only when something changed. It is the only writer of
 BareMetalHost status; the machine controller hands it power events through the shared Context.
 """
 
@@ -20,8 +20,8 @@ from capi_provider.controller.context import Context, ObjKey, run_daemon
 from capi_provider.controller.hostio import HostAccessError, bmc_credentials, bmc_op, with_ssh
 from capi_provider.controller.inventory import HostRecord, host_record, one, records
 from capi_provider.controller.machines import DELETE_FOR_MOVE, release_host
-from capi_provider.reconcile import host as h
-from capi_provider.reconcile.conditions import now, status_changed
+from capi_provider.decisions import host as h
+from capi_provider.decisions.conditions import now, status_changed
 
 KIND = "host"
 

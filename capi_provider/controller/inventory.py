@@ -18,8 +18,8 @@ from capi_provider import api
 from capi_provider.api.schema import from_obj
 from capi_provider.api.types import BareMetalHostSpec
 from capi_provider.controller.context import ObjKey
-from capi_provider.reconcile.hostmatch import HostFacts
-from capi_provider.reconcile.quantity import parse_quantity
+from capi_provider.decisions.hostmatch import HostFacts
+from capi_provider.decisions.quantity import parse_quantity
 
 
 @dataclass(frozen=True)

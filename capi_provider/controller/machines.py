@@ -2,7 +2,7 @@
 
 One kopf daemon per BareMetalMachine runs `MachineReconciler.reconcile` whenever something it depends on
 changes (its own object, its CAPI Machine or Cluster, a host freeing up) or its requeue time passes. The
-decisions live in capi_provider/reconcile/machine.py and hostmatch.py; the BMC/SSH work in hostops.py.
+decisions live in capi_provider/decisions/machine.py and hostmatch.py; the BMC/SSH work in hostops.py.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from capi_provider.controller import hostops
 from capi_provider.controller.context import Context, ObjKey, run_daemon
 from capi_provider.controller.hostio import HostAccessError, drop_ssh
 from capi_provider.controller.inventory import HostRecord, one, records
+from capi_provider.decisions import machine as m
+from capi_provider.decisions.conditions import READY, set_condition, status_changed
+from capi_provider.decisions.hostmatch import MachineRequest, best_fit, explain_no_match
 from capi_provider.k8s import Conflict
-from capi_provider.reconcile import machine as m
-from capi_provider.reconcile.conditions import READY, set_condition, status_changed
-from capi_provider.reconcile.hostmatch import MachineRequest, best_fit, explain_no_match
 
 KIND = "machine"
 BLOCK_MOVE = "clusterctl.cluster.x-k8s.io/block-move"

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import flavors
+import flavorgen
 import pytest
 import release
 import yaml
@@ -323,7 +323,7 @@ def _local_repositories(base: Path) -> tuple[list[dict[str, str]], dict[str, str
 
 def _bare_metal_cluster(ns: str) -> dict[str, Any]:
     return {
-        "apiVersion": flavors.INFRA_VERSION,
+        "apiVersion": flavorgen.INFRA_VERSION,
         "kind": "BareMetalCluster",
         "metadata": {"name": "c1", "namespace": ns},
         "spec": {"controlPlaneEndpoint": {"host": "192.0.2.10", "port": 6443}},
@@ -332,7 +332,7 @@ def _bare_metal_cluster(ns: str) -> dict[str, Any]:
 
 def _bare_metal_host(ns: str, bmc_port: int) -> dict[str, Any]:
     return {
-        "apiVersion": flavors.INFRA_VERSION,
+        "apiVersion": flavorgen.INFRA_VERSION,
         "kind": "BareMetalHost",
         "metadata": {"name": "h1", "namespace": ns},
         "spec": {
@@ -350,9 +350,9 @@ def _bare_metal_host(ns: str, bmc_port: int) -> dict[str, Any]:
 def _machine_and_template(ns: str) -> list[dict[str, Any]]:
     meta = {"name": "m1", "namespace": ns}
     return [
-        {"apiVersion": flavors.INFRA_VERSION, "kind": "BareMetalMachine", "metadata": meta, "spec": {}},
+        {"apiVersion": flavorgen.INFRA_VERSION, "kind": "BareMetalMachine", "metadata": meta, "spec": {}},
         {
-            "apiVersion": flavors.INFRA_VERSION,
+            "apiVersion": flavorgen.INFRA_VERSION,
             "kind": "BareMetalMachineTemplate",
             "metadata": meta,
             "spec": {"template": {"spec": {}}},

@@ -10,14 +10,14 @@ from capi_provider.api.types import (
     HostSelector,
     LabelSelectorRequirement,
 )
-from capi_provider.reconcile.hostmatch import (
+from capi_provider.decisions.hostmatch import (
     HostFacts,
     MachineRequest,
     best_fit,
     explain_no_match,
     selector_matches,
 )
-from capi_provider.reconcile.quantity import format_bytes, parse_quantity
+from capi_provider.decisions.quantity import format_bytes, parse_quantity
 
 GiB = 2**30
 

@@ -1,5 +1,5 @@
 """What `make release-manifests` ships: the clusterctl components (config/ rendered by kustomize), the
-flavors in templates/, and the Dockerfile/Makefile that build the image the components deploy.
+flavors in flavors/, and the Dockerfile/Makefile that build the image the components deploy.
 
 These are the rules clusterctl and the CAPI contract impose (one Namespace, container `manager`, contract
 label, variables with defaults or documentation), the controller's least-privilege RBAC checked against
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import flavors
+import flavorgen
 import kopf
 import pytest
 import release
@@ -391,9 +391,9 @@ def test_release_writes_a_clusterctl_local_repository(tmp_path: Path) -> None:
     version = f"v{release.project_version()}"
     assert vdir == tmp_path / "infrastructure-baremetal" / version
     assert sorted(p.name for p in vdir.iterdir()) == sorted(
-        ["infrastructure-components.yaml", "metadata.yaml", *flavors.render_all()]
+        ["infrastructure-components.yaml", "metadata.yaml", *flavorgen.render_all()]
     )
-    for name, text in flavors.render_all().items():
+    for name, text in flavorgen.render_all().items():
         assert (vdir / name).read_text() == text
     config = yaml.safe_load((tmp_path / "clusterctl.yaml").read_text())
     [provider] = config["providers"]
@@ -405,11 +405,11 @@ def test_release_writes_a_clusterctl_local_repository(tmp_path: Path) -> None:
 
 # ====================================================================================== flavors
 
-FLAVOR_FILES = list(flavors.render_all())
+FLAVOR_FILES = list(flavorgen.render_all())
 
 
 def flavor_text(name: str) -> str:
-    return (REPO / "templates" / name).read_text()
+    return (REPO / "flavors" / name).read_text()
 
 
 def header_variables(text: str) -> dict[str, str]:
@@ -427,8 +427,8 @@ def header_variables(text: str) -> dict[str, str]:
 
 
 def test_committed_templates_are_what_the_generator_writes() -> None:
-    assert flavors.drift() == [], (
-        "templates/ is stale: run `python hack/flavors.py` (or make release-manifests)"
+    assert flavorgen.drift() == [], (
+        "flavors/ is stale: run `python hack/flavorgen.py` (or make release-manifests)"
     )
 
 
@@ -595,7 +595,7 @@ def test_workers_only_joins_with_operator_bootstrap_data_and_no_control_plane_ob
 def test_workers_only_example_join_secret_renders_with_our_meta_data() -> None:
     # The example in the header, rendered the way cloud-init renders it (the lab's stand-in) with the
     # meta-data our provider writes, yields a join config naming the Node and its providerID.
-    secret = yaml.safe_load(flavors.JOIN_SECRET_EXAMPLE)
+    secret = yaml.safe_load(flavorgen.JOIN_SECRET_EXAMPLE)
     assert secret["type"] == "cluster.x-k8s.io/secret" and secret["stringData"]["format"] == "cloud-config"
     value = secret["stringData"]["value"]
     pid = "baremetal://ns1/rack1-srv07/9f1c"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from capi_provider.reconcile import host as h
-from capi_provider.reconcile import machine as m
-from capi_provider.reconcile.conditions import get_condition, same_ignoring_time, set_condition
+from capi_provider.decisions import host as h
+from capi_provider.decisions import machine as m
+from capi_provider.decisions.conditions import get_condition, same_ignoring_time, set_condition
 
 
 def test_host_states_follow_claims_and_the_bmc() -> None:

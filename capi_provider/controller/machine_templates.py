@@ -18,9 +18,9 @@ from capi_provider.api.schema import from_obj
 from capi_provider.api.types import BareMetalMachineTemplateSpec
 from capi_provider.controller.context import Context, ObjKey, run_daemon
 from capi_provider.controller.inventory import HostRecord, records
-from capi_provider.reconcile.capacity import node_capacity, warm_pool_choice
-from capi_provider.reconcile.conditions import status_changed
-from capi_provider.reconcile.hostmatch import MachineRequest, best_fit
+from capi_provider.decisions.capacity import node_capacity, warm_pool_choice
+from capi_provider.decisions.conditions import status_changed
+from capi_provider.decisions.hostmatch import MachineRequest, best_fit
 
 KIND = "template"
 DEBOUNCE = 1.0  # a burst of host events (a rack registering) becomes one recomputation

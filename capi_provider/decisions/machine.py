@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from capi_provider import api
-from capi_provider.reconcile.conditions import PAUSED, READY, now, set_condition
+from capi_provider.decisions.conditions import PAUSED, READY, now, set_condition
 
 HOST_CLAIMED = "HostClaimed"
 PROVISIONED = "Provisioned"

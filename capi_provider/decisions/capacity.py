@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from capi_provider.api.types import Hardware
-from capi_provider.reconcile.hostmatch import HostFacts
-from capi_provider.reconcile.quantity import format_bytes, parse_quantity
+from capi_provider.decisions.hostmatch import HostFacts
+from capi_provider.decisions.quantity import format_bytes, parse_quantity
 
 
 def node_capacity(hw: Hardware) -> dict[str, str]:

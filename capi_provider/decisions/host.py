@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from capi_provider.reconcile.conditions import READY, now, set_condition
+from capi_provider.decisions.conditions import READY, now, set_condition
 
 BMC_REACHABLE = "BMCReachable"
 CREDENTIALS_VALID = "CredentialsValid"

@@ -13,7 +13,7 @@ from fractions import Fraction
 
 from capi_provider.api import FAILURE_DOMAIN_LABEL
 from capi_provider.api.types import HardwareRequirements, HostSelector
-from capi_provider.reconcile.quantity import parse_quantity
+from capi_provider.decisions.quantity import parse_quantity
 
 
 @dataclass(frozen=True)
