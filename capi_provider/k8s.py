@@ -13,11 +13,12 @@ import concurrent.futures
 import functools
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from capi_provider.decisions.secrets import SecretData
 
 T = TypeVar("T")
 
@@ -28,15 +29,6 @@ class Conflict(Exception):
 
 class NotFound(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class SecretData:
-    data: dict[str, bytes]
-    resource_version: str
-
-    def __repr__(self) -> str:  # never print secret material, even in a traceback
-        return f"SecretData(keys={sorted(self.data)}, resource_version={self.resource_version!r})"
 
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -128,7 +120,13 @@ class Kube:
         except NotFound:
             return None
         data = {k: base64.b64decode(v) for k, v in (s.data or {}).items()}
-        return SecretData(data, s.metadata.resource_version)
+        owners = tuple(
+            {"apiVersion": r.api_version, "kind": r.kind, "name": r.name, "uid": r.uid}
+            for r in s.metadata.owner_references or []
+        )
+        return SecretData(
+            data, s.metadata.resource_version, s.type or "Opaque", dict(s.metadata.labels or {}), owners
+        )
 
     async def get_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
         try:

@@ -37,5 +37,8 @@ FAILURE_DOMAIN_LABEL = f"{GROUP}/failure-domain"
 HOST_ANNOTATION = f"{GROUP}/baremetalhost"
 # Pauses one host's controller (e.g. while an operator works on the box).
 HOST_PAUSED_ANNOTATION = f"{GROUP}/paused"
+# Set by the provider on a host it could not clean (or that presented a foreign host key): the host stays out
+# of the pool until a later cleaning succeeds or an operator removes the annotation (docs/security.md).
+QUARANTINE_ANNOTATION = f"{GROUP}/quarantined"
 
 PROVIDER_ID_SCHEME = "baremetal"

@@ -17,6 +17,8 @@ DiskType = Literal["HDD", "SSD", "NVMe"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 MAC_PATTERN = r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$"
+# A kernel block device name, or a stable udev path: never anything a shell or a path could escape from.
+DISK_NAME_PATTERN = r"^([a-z][a-z0-9]*|/dev/disk/by-(id|path)/[A-Za-z0-9:._+-]+)$"
 # RFC 1123 subdomain: what a Kubernetes object name can be.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 _SSH_KEY_TYPES = "ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521"
@@ -30,7 +32,7 @@ _POSITIVE_QUANTITY = Cel(
 
 _SCHEME_OK = (
     "(!self.contains('://') || self.startsWith('ipmi://') || self.startsWith('redfish://') || "
-    "self.startsWith('redfish+http://') || self.startsWith('redfish+https://'))"
+    "self.startsWith('redfish+https://'))"
 )
 _REDFISH_PATH_OK = "(!self.startsWith('redfish') || self.matches('/redfish/v1/Systems/[^/]+/?$'))"
 # CEL rather than an OpenAPI pattern: each mistake gets one message an operator can act on instead of a
@@ -39,8 +41,8 @@ _REDFISH_PATH_OK = "(!self.startsWith('redfish') || self.matches('/redfish/v1/Sy
 _BMC_ADDRESS_RULES = (
     Cel(
         _SCHEME_OK,
-        "unsupported BMC scheme: use ipmi://, redfish://, redfish+https:// or redfish+http:// "
-        "(a bare host[:port] means IPMI)",
+        "unsupported BMC scheme: use ipmi://, redfish:// or redfish+https:// (a bare host[:port] means "
+        "IPMI; plain-HTTP Redfish is not supported: the BMC password would cross the network in clear)",
     ),
     Cel(
         "!self.contains('@')",
@@ -98,8 +100,8 @@ class BMCDetails:
 
     address: str = api_field(
         "BMC URL. `ipmi://host[:port]` (port 623 by default; a bare `host[:port]` also means IPMI), or "
-        "`redfish://host[:port]/redfish/v1/Systems/<id>` (HTTPS; also written `redfish+https://`), or "
-        "`redfish+http://...` for a BMC without TLS. Credentials never go in the URL.",
+        "`redfish://host[:port]/redfish/v1/Systems/<id>` (HTTPS; also written `redfish+https://`). "
+        "Credentials never go in the URL.",
         max_length=512,
         cel=_BMC_ADDRESS_RULES,
     )
@@ -110,8 +112,17 @@ class BMCDetails:
         max_length=253,
         pattern=NAME_PATTERN,
     )
+    caBundleName: str | None = api_field(
+        "Redfish only: a ConfigMap in the host's namespace whose key `ca.crt` holds the PEM CA certificates "
+        "the BMC's TLS certificate must chain to (the controller's --redfish-ca-bundle otherwise, else the "
+        "system trust store).",
+        default=None,
+        max_length=253,
+        pattern=NAME_PATTERN,
+    )
     disableCertificateVerification: bool = api_field(
-        "Redfish only: accept the BMC's TLS certificate without verifying it (self-signed BMCs).",
+        "Redfish only: accept the BMC's TLS certificate without verifying it. Anyone on the path to the BMC "
+        "can then read the BMC password: prefer caBundleName.",
         default=False,
     )
 
@@ -149,7 +160,34 @@ class SSHAccess:
 class Disk:
     """A disk in the host."""
 
-    name: str = api_field("Device name as the OS sees it, e.g. sda or nvme0n1.", min_length=1, max_length=64)
+    name: str = api_field(
+        "How the OS finds the disk: a stable path under /dev/disk/by-id/ or /dev/disk/by-path/ (preferred), "
+        "or a kernel name such as sda or nvme0n1 (kernel names can change between boots: give `wwn` or "
+        "`serial` with them).",
+        min_length=1,
+        max_length=255,
+        cel=(
+            Cel(
+                f"self.matches('{DISK_NAME_PATTERN}')",
+                "must be a kernel disk name such as sda or nvme0n1, or a /dev/disk/by-id/... or "
+                "/dev/disk/by-path/... path",
+            ),
+        ),
+    )
+    wwn: str | None = api_field(
+        "The disk's World Wide Name (as in /dev/disk/by-id/wwn-<wwn>, e.g. 0x5000c500a1b2c3d4): when set, "
+        "the disk is addressed by it.",
+        default=None,
+        max_length=64,
+        pattern=r"^[0-9A-Za-z.:_-]+$",
+    )
+    serial: str | None = api_field(
+        "The disk's serial number: when set, a wipe first checks that the device reports it, and refuses "
+        "otherwise.",
+        default=None,
+        max_length=128,
+        pattern=r"^[0-9A-Za-z.:_-]+$",
+    )
     type: DiskType = api_field("HDD, SSD or NVMe.")
     size: Quantity = api_field("Capacity, e.g. 960Gi or 4T.", cel=(_POSITIVE_QUANTITY,))
 
@@ -207,6 +245,12 @@ class ConsumerRef:
         "while the BMC was dead) is still cleaned the way that machine asked.",
         default=None,
     )
+    cluster: str | None = api_field(
+        "The consumer's Cluster: while it is paused (clusterctl move) a host whose machine is missing is "
+        "left alone.",
+        default=None,
+        max_length=253,
+    )
 
 
 @dataclass(kw_only=True)
@@ -232,7 +276,9 @@ class BareMetalHostSpec:
     )
 
 
-HostState = Literal["registering", "available", "provisioning", "provisioned", "deprovisioning", "error"]
+HostState = Literal[
+    "registering", "available", "provisioning", "provisioned", "deprovisioning", "quarantined", "error"
+]
 PowerStateName = Literal["on", "off", "unknown"]
 
 
@@ -262,7 +308,8 @@ class BareMetalHostStatus:
 
     provisioningState: HostState | None = api_field(
         "registering (BMC not yet verified), available (free), provisioning, provisioned, deprovisioning "
-        "(being returned to the pool), or error (see lastError and conditions).",
+        "(being returned to the pool), quarantined (could not be cleaned, or presented a foreign host key: "
+        "out of the pool, see the Ready condition), or error (see lastError and conditions).",
         default=None,
     )
     powerState: PowerStateName | None = api_field("Power as last read from the BMC.", default=None)

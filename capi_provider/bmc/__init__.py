@@ -13,20 +13,16 @@ from capi_provider.bmc.base import (
     PowerState,
     open_driver,
 )
-from capi_provider.bmc.runner import Backoff, BmcRunner, backoff_delay
 
 __all__ = [
     "BMC_ADDRESS_PATTERN",
-    "Backoff",
     "BmcAddress",
     "BmcCredentials",
     "BmcDriver",
     "BmcError",
     "BmcErrorReason",
-    "BmcRunner",
     "BootDevice",
     "PowerState",
-    "backoff_delay",
     "open_driver",
     "parse_bmc_address",
 ]

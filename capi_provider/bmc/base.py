@@ -111,12 +111,12 @@ def open_driver(
     *,
     verify_tls: bool,
     timeout: float,
-    ca_bundle: str | None = None,
+    ca_bundle: str | bytes | None = None,
 ) -> BmcDriver:
     """Pick the backend for the address scheme. Nothing is sent to the BMC until the first call.
 
-    `verify_tls`/`ca_bundle` only matter for Redfish: with `ca_bundle` (a PEM file path) the BMC certificate
-    must chain to one of those CAs, otherwise to the system trust store.
+    `verify_tls`/`ca_bundle` only matter for Redfish: with `ca_bundle` (PEM data, or a PEM file path) the BMC
+    certificate must chain to one of those CAs, otherwise to the system trust store.
     """
     # Imported here so that importing the vocabulary above never drags pyghmi's I/O machinery in.
     if address.scheme == "ipmi":

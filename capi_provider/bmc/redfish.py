@@ -169,7 +169,7 @@ class RedfishDriver:
         *,
         verify_tls: bool,
         timeout: float,
-        ca_bundle: str | None = None,
+        ca_bundle: str | bytes | None = None,
     ) -> None:
         if address.scheme != "redfish" or address.system_path is None:
             raise ValueError("RedfishDriver needs a redfish:// address with a system path")
@@ -188,11 +188,16 @@ class RedfishDriver:
         if not verify_tls:
             self._verify = _accept_any_certificate
         elif ca_bundle is not None:
+            where = "from the host's caBundleName" if isinstance(ca_bundle, bytes) else ca_bundle
             try:
-                self._verify = TrustedCAVerifier.from_file(ca_bundle, address.host)
+                self._verify = (
+                    TrustedCAVerifier(ca_bundle, address.host)
+                    if isinstance(ca_bundle, bytes)
+                    else TrustedCAVerifier.from_file(ca_bundle, address.host)
+                )
             except (OSError, ValueError) as exc:
                 raise BmcError(
-                    f"{self._describe}: cannot use CA bundle {ca_bundle}: {exc}",
+                    f"{self._describe}: cannot use CA bundle {where}: {exc}",
                     reason=BmcErrorReason.TLS_VERIFICATION_FAILED,
                 ) from None
         else:

@@ -2,11 +2,18 @@
 
 The templates are Jinja2 rendered in a sandbox with strict undefined variables: an operator's override
 template (BareMetalMachine.spec.seedTemplatesRef) can read the documented inputs and nothing else, and a
-typo in a variable name is an error instead of an empty string in a file that configures a server.
+typo in a variable name is an error instead of an empty string in a file that configures a server. The
+sandbox also bounds what an expression can make: `*` and `**` refuse results beyond MAX_VALUE_SIZE (ranges
+are bounded by jinja's sandbox itself), and the output beyond `max_output` bytes. Operator templates
+additionally render in a child process with CPU and memory limits (sandbox.py).
+
+A failing template is reported by file, line and exception type only: jinja's messages can quote the data
+being rendered (the bootstrap data holds a join token, for a control plane the cluster's CA keys).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -15,10 +22,35 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
+MAX_VALUE_SIZE = 1 << 20  # items/characters a `*` may produce; digits (roughly) a `**` may produce
+DEFAULT_MAX_OUTPUT = 4 << 20  # bytes of all seed files together
 
 
 class SeedTemplateError(ValueError):
-    """An operator's template does not render; the message names the file and the problem."""
+    """A template does not render; the message names the file, the line and the exception type."""
+
+    def __init__(self, file: str, line: int | None, kind: str) -> None:
+        where = f"seed template {file}" + (f" line {line}" if line else "")
+        super().__init__(f"{where}: {kind}")
+        self.file, self.line, self.kind = file, line, kind
+
+
+class _Bounded(ImmutableSandboxedEnvironment):
+    """The sandbox, plus `*` and `**` that refuse to build huge values (`'x' * 2**31`, `9**9**9`)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple | bytes) and isinstance(n, int)
+                if sized and len(seq) * max(n, 0) > MAX_VALUE_SIZE:
+                    raise OverflowError("repetition too large")
+        if operator == "**" and isinstance(left, int | float) and isinstance(right, int | float):
+            magnitude = abs(left)
+            if magnitude > 1 and right > 0 and right * math.log10(magnitude) > MAX_VALUE_SIZE / 1000:
+                raise OverflowError("power too large")
+        return super().call_binop(context, operator, left, right)
 
 
 @dataclass(frozen=True)
@@ -73,34 +105,61 @@ class SeedInputs:
         }
 
 
-_ENV = ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    keep_trailing_newline=True,
-)
+def _environment(templates: dict[str, str]) -> _Bounded:
+    return _Bounded(
+        loader=jinja2.DictLoader(templates),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
 
 
 def default_template(name: str) -> str:
     return resources.files("capi_provider.bootstrap").joinpath("seed_templates", f"{name}.j2").read_text()
 
 
-def render_seed(inputs: SeedInputs, overrides: dict[str, str] | None = None) -> dict[str, bytes]:
+def render_seed(
+    inputs: SeedInputs, overrides: dict[str, str] | None = None, max_output: int = DEFAULT_MAX_OUTPUT
+) -> dict[str, bytes]:
     """The three seed files. `overrides` maps a file name to a replacement template."""
-    unknown = unknown_override_keys(overrides or {})
+    return render_templates(templates_for(overrides), inputs.context(), max_output)
+
+
+def templates_for(overrides: dict[str, str] | None) -> dict[str, str]:
+    """Each seed file's template source: the operator's override, else ours."""
+    unknown = sorted(set(overrides or {}) - set(SEED_FILES))
     if unknown:
-        raise SeedTemplateError(f"unknown seed template keys {unknown}: use {', '.join(SEED_FILES)}")
+        raise SeedTemplateError(
+            f"(unknown keys {', '.join(unknown)}; use {', '.join(SEED_FILES)})", None, "KeyError"
+        )
+    return {name: (overrides or {}).get(name) or default_template(name) for name in SEED_FILES}
+
+
+def render_templates(templates: dict[str, str], context: dict[str, Any], max_output: int) -> dict[str, bytes]:
+    env = _environment(templates)
     out: dict[str, bytes] = {}
-    ctx = inputs.context()
+    total = 0
     for name in SEED_FILES:
-        source = (overrides or {}).get(name) or default_template(name)
         try:
-            text = _ENV.from_string(source).render(ctx)
-        except jinja2.TemplateError as e:
-            # The message names the template problem (e.g. an undefined variable); it never echoes inputs.
-            raise SeedTemplateError(f"seed template {name}: {type(e).__name__}: {e.message}") from None
+            text = env.get_template(name).render(context)
+        except jinja2.TemplateSyntaxError as e:
+            raise SeedTemplateError(name, e.lineno, type(e).__name__) from None
+        except Exception as e:  # anything a template can raise: report where and what kind, never the text
+            raise SeedTemplateError(name, _template_line(e), type(e).__name__) from None
         out[name] = text.encode()
+        total += len(out[name])
+        if total > max_output:
+            raise SeedTemplateError(name, None, f"OutputTooLarge (over {max_output} bytes)")
     return out
 
 
-def unknown_override_keys(overrides: dict[str, str]) -> list[str]:
-    return sorted(set(overrides) - set(SEED_FILES))
+def _template_line(e: BaseException) -> int | None:
+    """The template line that raised: jinja rewrites tracebacks so that template code shows as frames of
+    file `<template>` at template line numbers (the innermost one is where it raised)."""
+    line = None
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line

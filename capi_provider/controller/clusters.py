@@ -9,11 +9,12 @@ from typing import Any
 import kopf
 
 from capi_provider import api
-from capi_provider.controller.context import Context, ObjKey, run_daemon
-from capi_provider.decisions.conditions import READY, set_condition, status_changed
+from capi_provider.controller.context import Context, Kind, ObjKey, run_daemon
+from capi_provider.controller.status import write_status
+from capi_provider.decisions.conditions import READY, set_condition
 from capi_provider.decisions.machine import paused_condition
 
-KIND = "cluster"
+KIND = Kind.CLUSTER
 
 
 def owner_cluster_name(body: Any) -> str | None:
@@ -63,10 +64,7 @@ async def reconcile_cluster(ctx: Context, body: Any) -> float:
                 generation,
             )
     status["conditions"] = conds
-    if status_changed(current, status):
-        await ctx.kube.patch(
-            api.GROUP, api.VERSION, api.CLUSTERS, key.namespace, key.name, {"status": status}, status=True
-        )
+    await write_status(ctx.kube, api.CLUSTERS, key, current, status)
     return 600.0
 
 

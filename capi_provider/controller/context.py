@@ -1,32 +1,74 @@
-"""What every handler shares (kopf's operator memo carries one `Context`): API and BMC/SSH access, the
-in-memory wake-ups between objects, and the claims this replica made but has not yet seen come back.
+"""What every handler shares (kopf's operator memo carries one `Context`): the adapters (Kubernetes API,
+provisioner, credentials, events), the wake-ups between objects, and a little typed in-memory state.
 
-Nothing here is the source of truth: the API objects are. A restart rebuilds all of it from watches.
+Nothing here is the source of truth: the API objects and the hardware are. A restart rebuilds all of it
+from watches; every per-object entry is dropped when that object's daemon ends (`SharedState.forget`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Protocol
 
-from capi_provider.bmc.runner import BmcRunner
 from capi_provider.config import Settings
-from capi_provider.k8s import Kube
+from capi_provider.controller.credentials import CredentialStore
+from capi_provider.decisions.secrets import SecretData
+from capi_provider.objkey import ObjKey
+from capi_provider.provisioner.base import Provisioner
+
+__all__ = ["Context", "Kind", "ObjKey", "SharedState", "Wakers", "run_daemon"]
 
 
-class ObjKey(NamedTuple):
-    namespace: str
-    name: str
+class Kind(enum.StrEnum):
+    """Objects with a daemon of their own (each sleeps on its own wake-up event)."""
 
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    HOST = "host"
+    MACHINE = "machine"
+    TEMPLATE = "template"
+    CLUSTER = "cluster"
 
-    @classmethod
-    def of(cls, body: Any) -> ObjKey:
-        return cls(body["metadata"]["namespace"], body["metadata"]["name"])
+
+class Followed(enum.StrEnum):
+    """CAPI objects we only follow: we remember what we last saw of them to wake our own objects."""
+
+    CAPI_MACHINE = "capi-machine"
+    CAPI_CLUSTER = "capi-cluster"
+
+
+class KubeApi(Protocol):
+    """The Kubernetes calls the controllers make (capi_provider/k8s.py; a fake in the unit tests)."""
+
+    async def get(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> dict[str, Any] | None: ...
+
+    async def patch(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        body: dict[str, Any] | list[dict[str, Any]],
+        *,
+        status: bool = False,
+    ) -> dict[str, Any]: ...
+
+    async def get_secret(self, namespace: str, name: str) -> SecretData | None: ...
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, str] | None: ...
+
+
+class EventSink(Protocol):
+    """Events for operators, written by us on purpose (log lines are not events)."""
+
+    def info(self, body: Any, reason: str, message: str) -> None: ...
+
+    def warn(self, body: Any, reason: str, message: str) -> None: ...
 
 
 class Wakers:
@@ -36,61 +78,66 @@ class Wakers:
     """
 
     def __init__(self) -> None:
-        self._events: dict[tuple[str, ObjKey], asyncio.Event] = {}
+        self._events: dict[tuple[Kind, ObjKey], asyncio.Event] = {}
         self._seen: dict[tuple[str, ObjKey], int] = {}
 
-    def event(self, kind: str, key: ObjKey) -> asyncio.Event:
+    def event(self, kind: Kind, key: ObjKey) -> asyncio.Event:
         ev = self._events.get((kind, key))
         if ev is None:
             ev = self._events[(kind, key)] = asyncio.Event()
         return ev
 
-    def wake(self, kind: str, key: ObjKey) -> None:
-        self.event(kind, key).set()
+    def wake(self, kind: Kind, key: ObjKey) -> None:
+        ev = self._events.get((kind, key))
+        if ev is not None:  # no daemon (yet): its first pass sees the change anyway
+            ev.set()
 
-    def wake_all(self, kind: str, keys: Iterable[ObjKey] | None = None) -> None:
-        for (k, key), ev in list(self._events.items()):
-            if k == kind and (keys is None or key in keys):
+    def wake_all(self, kind: Kind, keys: Iterable[ObjKey] | None = None) -> None:
+        wanted = None if keys is None else set(keys)
+        for (k, key), ev in self._events.items():
+            if k == kind and (wanted is None or key in wanted):
                 ev.set()
 
-    def wake_on_change(self, kind: str, body: Any) -> bool:
+    def wake_namespace(self, kind: Kind, namespace: str) -> None:
+        for (k, key), ev in self._events.items():
+            if k == kind and key.namespace == namespace:
+                ev.set()
+
+    def wake_on_change(self, kind: Kind, body: Any) -> bool:
         """Wake the object's daemon if something other than its status changed. Status is written by the
         daemon itself: waking on it would turn every status write into another pass (a hot loop)."""
-        key = ObjKey.of(body)
         meta = body["metadata"]
-        fingerprint = hash(
-            (
-                meta.get("generation"),
-                repr(sorted((meta.get("labels") or {}).items())),
-                repr(sorted((meta.get("annotations") or {}).items())),
-                repr(meta.get("ownerReferences")),
-                meta.get("deletionTimestamp"),
-            )
+        fingerprint = (
+            meta.get("generation"),
+            sorted((meta.get("labels") or {}).items()),
+            sorted((meta.get("annotations") or {}).items()),
+            meta.get("ownerReferences"),
+            meta.get("deletionTimestamp"),
         )
-        if self._seen.get((kind, key)) == fingerprint:
+        if self.seen_before(kind, ObjKey.of(body), fingerprint):
             return False
-        self._seen[(kind, key)] = fingerprint
-        self.wake(kind, key)
+        self.wake(kind, ObjKey.of(body))
         return True
 
     def seen_before(self, kind: str, key: ObjKey, fingerprint: object) -> bool:
-        """Record `fingerprint` for an object we do not own (CAPI's); True if it is what we saw last."""
+        """Record `fingerprint` for an object; True if it is what we saw last."""
         fp = hash(repr(fingerprint))
         if self._seen.get((kind, key)) == fp:
             return True
         self._seen[(kind, key)] = fp
         return False
 
-    def wake_namespace(self, kind: str, namespace: str) -> None:
-        for (k, key), ev in list(self._events.items()):
-            if k == kind and key.namespace == namespace:
-                ev.set()
-
-    def forget(self, kind: str, key: ObjKey) -> None:
+    def forget(self, kind: Kind, key: ObjKey) -> None:
         self._events.pop((kind, key), None)
         self._seen.pop((kind, key), None)
 
-    async def sleep(self, kind: str, key: ObjKey, timeout: float, stopped: Any = None) -> None:
+    def forget_followed(self, kind: Followed, key: ObjKey) -> None:
+        self._seen.pop((kind, key), None)
+
+    def __len__(self) -> int:
+        return len(self._events) + len(self._seen)
+
+    async def sleep(self, kind: Kind, key: ObjKey, timeout: float, stopped: Any = None) -> None:
         """Wait until woken, stopped (kopf's daemon flag) or `timeout` seconds pass."""
         ev = self.event(kind, key)
         waits = [asyncio.ensure_future(ev.wait())]
@@ -106,51 +153,101 @@ class Wakers:
         ev.clear()
 
 
+@dataclass(frozen=True)
+class Blocked:
+    """A machine stopped by a failure retrying cannot fix (HostKeyMismatch, BootstrapFailed, ...): it tries
+    again only when its host's spec changes (the host's generation), or after a restart."""
+
+    reason: str
+    message: str
+    host_generation: int
+    host: ObjKey
+
+
+@dataclass(frozen=True)
+class PowerEvent:
+    """A power change the machine controller made, for the host daemon (the one writer of host status)."""
+
+    action: str  # on | off | cycle
+    reason: str
+
+
 @dataclass
-class Context:
-    settings: Settings
-    kube: Kube
-    bmc: BmcRunner = field(default_factory=BmcRunner)
-    ssh: BmcRunner = field(default_factory=BmcRunner)
-    wakers: Wakers = field(default_factory=Wakers)
+class SharedState:
     # Hosts this replica claimed, until the watch shows the claim (prevents racing its own stale view).
     pending_claims: dict[ObjKey, ObjKey] = field(default_factory=dict)  # host -> machine
-    # Free hosts the warm pools want kept booted (computed per template; see templates.py) and their union.
+    # Free hosts each template's warm pool wants kept booted, and their union.
     warm_by_template: dict[ObjKey, set[ObjKey]] = field(default_factory=dict)
     warm_wanted: set[ObjKey] = field(default_factory=set)
-    # Hosts last seen free (available, unclaimed): entering this set wakes machines waiting for a host.
+    # Hosts last seen free: entering this set wakes machines waiting for a host.
     free_hosts: set[ObjKey] = field(default_factory=set)
-    # Secrets the hosts reference (BMC credentials, SSH keys), kept until a watch event says they changed:
-    # polling a BMC must not cost an API request each time.
-    secrets: dict[ObjKey, Any] = field(default_factory=dict)
-    # SSH connections kept open between the provisioning steps of one host (key: host). Each is used by
-    # one runner thread at a time (the SSH runner serializes per host).
-    shells: dict[ObjKey, Any] = field(default_factory=dict)
-    # Last seen status.initialization.provisioned per machine: its host's state follows it.
+    # Last provisioningState seen per host: a change wakes its consumer (Finalize waits for it).
+    host_states: dict[ObjKey, str | None] = field(default_factory=dict)
+    # Last status.initialization.provisioned seen per machine: its host's state follows it.
     machine_provisioned: dict[ObjKey, bool] = field(default_factory=dict)
-    # Machines stopped by a failure retrying cannot fix (HostKeyMismatch, BootstrapFailed), with the host
-    # generation they failed on: they try again only when the host's spec changes (or after a restart).
-    blocked: dict[ObjKey, tuple[str, str, int, ObjKey]] = field(
-        default_factory=dict
-    )  # -> reason, msg, gen, host
+    blocked: dict[ObjKey, Blocked] = field(default_factory=dict)
     # Consecutive failed attempts of a machine's current step (for its retry backoff).
     step_failures: dict[ObjKey, int] = field(default_factory=dict)
     # Machines whose last pass found no host: any change to a free host gives them another look.
     waiting_for_host: set[ObjKey] = field(default_factory=set)
-    # Hosts whose last power operation should be recorded by the host daemon (which owns host status).
-    power_events: dict[ObjKey, dict[str, str]] = field(default_factory=dict)
+    power_events: dict[ObjKey, PowerEvent] = field(default_factory=dict)
 
-    async def secret(self, namespace: str, name: str) -> Any:
-        """A Secret's data (SecretData or None), from the cache when the watch says it has not changed."""
-        key = ObjKey(namespace, name)
-        if key not in self.secrets:
-            self.secrets[key] = await self.kube.get_secret(namespace, name)
-        return self.secrets[key]
+    def set_warm_pool(self, template: ObjKey, hosts: set[ObjKey]) -> None:
+        if hosts:
+            self.warm_by_template[template] = hosts
+        else:
+            self.warm_by_template.pop(template, None)
+        self.warm_wanted = set().union(*self.warm_by_template.values())
+
+    def forget_machine(self, key: ObjKey) -> None:
+        self.blocked.pop(key, None)
+        self.step_failures.pop(key, None)
+        self.waiting_for_host.discard(key)
+        self.machine_provisioned.pop(key, None)
+        for host in [h for h, m in self.pending_claims.items() if m == key]:
+            del self.pending_claims[host]
+
+    def forget_host(self, key: ObjKey) -> None:
+        self.pending_claims.pop(key, None)
+        self.free_hosts.discard(key)
+        self.host_states.pop(key, None)
+        self.power_events.pop(key, None)
+
+    def forget_template(self, key: ObjKey) -> None:
+        self.set_warm_pool(key, set())
+
+    def size(self) -> int:
+        """Entries held (a test proves deleted objects leave nothing behind)."""
+        return sum(
+            len(c)
+            for c in (
+                self.pending_claims,
+                self.warm_by_template,
+                self.free_hosts,
+                self.host_states,
+                self.machine_provisioned,
+                self.blocked,
+                self.step_failures,
+                self.waiting_for_host,
+                self.power_events,
+            )
+        )
+
+
+@dataclass
+class Context:
+    settings: Settings
+    kube: KubeApi
+    provisioner: Provisioner
+    credentials: CredentialStore
+    events: EventSink
+    wakers: Wakers = field(default_factory=Wakers)
+    state: SharedState = field(default_factory=SharedState)
 
 
 async def run_daemon(
     ctx: Context,
-    kind: str,
+    kind: Kind,
     key: ObjKey,
     stopped: Any,
     logger: Any,
@@ -161,6 +258,7 @@ async def run_daemon(
     """The loop every object's daemon runs: a pass, then sleep until woken, stopped or the pass's requeue
     time. A failed pass is logged and retried later; it never ends the daemon. The object's in-memory
     wake-up state goes when the daemon does (a long-running controller sees many objects come and go)."""
+    ctx.wakers.event(kind, key)  # exists from now on: wake-ups before the first sleep are not lost
     try:
         while not stopped:
             try:

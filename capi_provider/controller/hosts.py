@@ -1,29 +1,35 @@
-"""BareMetalHost: registration, power monitoring with backoff, free-host power policy, the end of
-deprovisioning for hosts whose machine is gone, and safe deletion.
+"""BareMetalHost: registration, power monitoring with backoff, free-host power policy, finishing the
+deprovisioning of hosts whose machine is gone, quarantined hosts, and safe deletion.
 
 One kopf daemon per host observes its BMC (never the API: an idle host costs no API requests), decides with
 capi_provider/decisions/host.py, and writes status only when something changed. It is the only writer of
-BareMetalHost status; the machine controller hands it power events through the shared Context.
+BareMetalHost status; the machine controller hands it power events through the shared state.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kopf
 
 from capi_provider import api
 from capi_provider.bmc.base import PowerState
-from capi_provider.controller import hostops
-from capi_provider.controller.context import Context, ObjKey, run_daemon
-from capi_provider.controller.hostio import HostAccessError, bmc_credentials, bmc_op, with_ssh
-from capi_provider.controller.inventory import HostRecord, host_record, one, records
-from capi_provider.controller.machines import DELETE_FOR_MOVE, release_host
+from capi_provider.controller import claims
+from capi_provider.controller.claims import OwnershipLost
+from capi_provider.controller.context import Context, Kind, ObjKey, PowerEvent, run_daemon
+from capi_provider.controller.deprovision import deprovision
+from capi_provider.controller.inventory import HostRecord, host_record, one
+from capi_provider.controller.machines import DELETE_FOR_MOVE, quarantine_for, wake_after_release
+from capi_provider.controller.status import write_status
 from capi_provider.decisions import host as h
 from capi_provider.decisions.conditions import now, status_changed
+from capi_provider.decisions.ownership import provider_id
+from capi_provider.provisioner.base import ProvisionerError
 
-KIND = "host"
+KIND = Kind.HOST
+QUIET = 600.0
 
 
 class HostMonitor:
@@ -39,16 +45,16 @@ class HostMonitor:
         self.warm_verified = False
         self.rejected_once = False
         self.last_reported: tuple[str | None, str | None] = (None, None)
+        self.orphan_since: float | None = None  # when its machine was first seen missing
+        self.cleaning_attempts = 0
+        self.next_cleaning = 0.0  # time.monotonic() of the next attempt to clean a quarantined host
 
     async def observe(self, rec: HostRecord) -> h.BmcObservation:
         try:
-            creds, version = await bmc_credentials(self.ctx, rec.key.namespace, rec.spec)
-            power = await bmc_op(self.ctx, rec.spec, creds, lambda d: d.get_power())
-        except HostAccessError as e:
+            _, _, version = await self.ctx.credentials.bmc(rec.target)
+            power = await self.ctx.provisioner.read_power(rec.target)
+        except ProvisionerError as e:
             message = e.message
-            if e.reason in ("CredentialsRejected", "CredentialsSecretMissing"):
-                # Read the Secret again next time, whatever the watch said: it may have just been fixed.
-                self.ctx.secrets.pop(ObjKey(rec.key.namespace, rec.spec.bmc.credentialsName), None)
             if e.reason == "CredentialsRejected":
                 # Say which Secret to fix; the BMC's own words follow.
                 message = (
@@ -59,10 +65,10 @@ class HostMonitor:
         self.credentials_version = version
         return h.BmcObservation(power=power.value)
 
-    async def pass_once(self, body: Any, machine_inventory: kopf.Index, logger: logging.Logger) -> float:
+    async def pass_once(self, body: Any, machine_index: Any, logger: logging.Logger) -> float:
         rec = host_record(body)
         if rec.paused:
-            return 600.0
+            return QUIET
         before = self.observation
         obs = await self.observe(rec)
         if obs.error_reason == "CredentialsRejected" and not self.rejected_once:
@@ -71,97 +77,181 @@ class HostMonitor:
             self.rejected_once = True
             return 2.0
         self.rejected_once = obs.error_reason == "CredentialsRejected"
-        consumer = rec.consumer
         consumer_phase: h.ConsumerPhase | None = None
-        if consumer is not None:
-            mrec = one(machine_inventory, consumer)
-            consumer_phase = "missing" if mrec is None else mrec.phase
-            if consumer_phase == "missing" and await self.really_orphaned(rec):
+        if rec.spec.consumerRef is not None:
+            consumer_phase = self.consumer_phase(rec, machine_index)
+            if consumer_phase == "missing" and obs.ok:
                 obs = await self.finish_orphan(rec, obs, logger)
+            else:
+                self.orphan_since = None
+        elif rec.quarantine is not None:
+            obs = await self.tend_quarantine(body, rec, obs, logger)
         elif obs.ok and not rec.deleting:
             obs = await self.enforce_free_power(rec, obs, logger)
         await self.write_status(body, rec, obs, consumer_phase)
         self.report_transitions(body, obs)
         self.observation = obs
         changed = before is None or before.power != obs.power or before.error_reason != obs.error_reason
-        return self.schedule.next_delay(obs.ok, changed)
+        delay = self.schedule.next_delay(obs.ok, changed)
+        if self.orphan_since is not None:
+            delay = min(delay, 30.0)  # an orphan waiting out its grace period is looked at again soon
+        return delay
+
+    def consumer_phase(self, rec: HostRecord, machine_index: Any) -> h.ConsumerPhase:
+        """The claiming machine's phase as our watch sees it; `missing` if it is gone, or if a machine of the
+        same name is a different one (another uid, with no providerID proving it is the same one moved)."""
+        ref = rec.spec.consumerRef
+        assert ref is not None
+        mrec = one(machine_index, ObjKey(ref.namespace, ref.name))
+        if mrec is None:
+            return "missing"
+        if (
+            ref.uid
+            and mrec.uid != ref.uid
+            and mrec.provider_id != provider_id(rec.key.namespace, rec.key.name, ref.uid)
+        ):
+            return "missing"
+        phase: h.ConsumerPhase = mrec.phase
+        return phase
 
     async def enforce_free_power(
         self, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger
     ) -> h.BmcObservation:
-        warm = rec.key in self.ctx.warm_wanted
+        state = self.ctx.state
+        warm = rec.key in state.warm_wanted
         want = h.desired_free_power(rec.spec.online, warm)
         if obs.power != want:
             # Changing the power of a server is not something to do on a watch view that may lag: the host
             # may have been claimed a moment ago (its machine is powering it on). Confirm with the API.
-            if rec.key in self.ctx.pending_claims:
+            if rec.key in state.pending_claims:
                 return obs
-            fresh = await self.ctx.kube.get(
-                api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name
-            )
-            if fresh is None or (fresh.get("spec") or {}).get("consumerRef"):
+            fresh = await claims.fresh_host(self.ctx, rec.key)
+            if fresh is None or fresh.spec.consumerRef is not None or fresh.quarantine is not None:
                 return obs
-            want = h.desired_free_power(bool((fresh.get("spec") or {}).get("online")), warm)
+            want = h.desired_free_power(fresh.spec.online, warm)
             if obs.power == want:
                 return obs
             try:
-                await hostops.set_power(self.ctx, rec.key, rec.spec, PowerState(want))
-            except HostAccessError as e:
+                await self.ctx.provisioner.set_power(fresh.target, PowerState(want))
+            except ProvisionerError as e:
                 return h.BmcObservation(power=obs.power, error_reason=e.reason, error_message=e.message)
-            reason = "WarmPool" if warm and not rec.spec.online else "OnlineSpec"
-            self.ctx.power_events[rec.key] = {"action": want, "reason": reason}
+            reason = "WarmPool" if warm and not fresh.spec.online else "OnlineSpec"
+            state.power_events[rec.key] = PowerEvent(want, reason)
             logger.info("%s: powered %s (%s)", rec.key, want, reason)
             self.warm_verified = False
             obs = h.BmcObservation(power=want)
         if warm and obs.power == "on" and not self.warm_verified:
-            # Warm means usable at once: booted, SSH up, host key verified. Waits (bounded) for the boot.
+            # Warm means usable at once: booted, OS answering with its pinned identity.
             try:
-                await with_ssh(
-                    self.ctx,
-                    rec.key,
-                    rec.spec,
-                    lambda shell: None,
-                    wait=self.ctx.settings.boot_timeout,
-                    timeout=5,
-                )
+                await self.ctx.provisioner.wait_for_os(rec.target, self.ctx.settings.boot_timeout)
                 self.warm_verified = True
-            except HostAccessError as e:
-                logger.warning("%s: warm host not usable over SSH: %s", rec.key, e)
+            except ProvisionerError as e:
+                logger.warning("%s: warm host not usable: %s", rec.key, e)
+            finally:
+                self.ctx.provisioner.end_session(rec.key)
         if not warm:
             self.warm_verified = False
         return obs
 
-    async def really_orphaned(self, rec: HostRecord) -> bool:
-        """Our views come from watches and can lag (a just-released host still shows its old consumer).
-        Powering off a host is not something to do on a stale view, so ask the API server directly."""
-        kube = self.ctx.kube
-        fresh = await kube.get(api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name)
-        ref = ((fresh or {}).get("spec") or {}).get("consumerRef") or {}
-        if not fresh or (ref.get("namespace"), ref.get("name")) != (
-            rec.consumer.namespace,
-            rec.consumer.name,
-        ):
-            return False
-        consumer = await kube.get(api.GROUP, api.VERSION, api.MACHINES, ref["namespace"], ref["name"])
-        return consumer is None
-
     async def finish_orphan(
         self, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger
     ) -> h.BmcObservation:
-        """The machine holding this host is gone (deleted while its BMC was dead, or finalizers removed by
-        hand). Finish its deprovisioning: the host returns to the pool only once it is really off."""
+        """The machine holding this host is gone (deleted while its BMC was dead, finalizers removed by hand,
+        or re-created under its name). Our views come from watches and can lag, and wiping a server is not
+        something to do on a stale view: confirm with the API server, respect its Cluster's pause (clusterctl
+        move), then finish its deprovisioning. The host returns to the pool only once it is clean and off."""
+        ref = rec.spec.consumerRef
+        assert ref is not None
+        kube = self.ctx.kube
+        fresh = await claims.fresh_host(self.ctx, rec.key)
+        if fresh is None or fresh.spec.consumerRef != ref:
+            return obs
+        machine = await kube.get(api.GROUP, api.VERSION, api.MACHINES, ref.namespace, ref.name)
+        if machine is not None:
+            pid = (machine.get("spec") or {}).get("providerID")
+            uid = machine["metadata"]["uid"]
+            if not ref.uid or uid == ref.uid or pid == provider_id(rec.key.namespace, rec.key.name, ref.uid):
+                return obs  # it is there after all (our watch lagged)
+        cluster_state: h.OrphanCluster = "running"
+        if ref.cluster:
+            cluster = await kube.get(api.CAPI_GROUP, api.CAPI_VERSION, "clusters", ref.namespace, ref.cluster)
+            if cluster is None:
+                cluster_state = "absent"
+            elif (cluster.get("spec") or {}).get("paused") or api.PAUSED_ANNOTATION in (
+                cluster["metadata"].get("annotations") or {}
+            ):
+                cluster_state = "paused"
+        if self.orphan_since is None:
+            self.orphan_since = time.monotonic()
+        action = h.orphan_action(
+            cluster_state, time.monotonic() - self.orphan_since, self.ctx.settings.orphan_grace
+        )
+        if action == "wait":
+            return obs
+        cleaning = ref.cleaning or "metadata"  # unknown (older claim): the safe choice
+        try:
+            outcome = await deprovision(
+                self.ctx.provisioner,
+                self.ctx.settings,
+                fresh,
+                cleaning,
+                lambda: claims.verify_unchanged(self.ctx, rec.key, ref),
+            )
+        except OwnershipLost as e:
+            logger.info("%s: %s", rec.key, e.message)
+            return obs
+        except ProvisionerError as e:
+            return h.BmcObservation(power=obs.power, error_reason=e.reason, error_message=e.message)
+        self.orphan_since = None
+        logger.info("%s: consumer %s/%s gone; %s", rec.key, ref.namespace, ref.name, ", ".join(outcome.notes))
+        self.ctx.state.power_events[rec.key] = PowerEvent("off", "Deprovisioning")
+        await claims.release(
+            self.ctx, rec.key, ref, quarantine_for(outcome.problem, outcome.generation, cleaning)
+        )
+        wake_after_release(self.ctx, rec.key)
+        return h.BmcObservation(power="off")
+
+    async def tend_quarantine(
+        self, body: Any, rec: HostRecord, obs: h.BmcObservation, logger: logging.Logger
+    ) -> h.BmcObservation:
+        """A quarantined host is kept off (never left running unowned) and its cleaning retried with backoff,
+        except after a foreign host key: then only a change to its spec (or an operator) releases it."""
+        q = rec.quarantine
+        assert q is not None
         if not obs.ok:
             return obs
+        if not h.may_retry_cleaning(q, rec.generation) or time.monotonic() < self.next_cleaning:
+            if obs.power == "on":
+                try:
+                    fresh = await claims.verify_unchanged(self.ctx, rec.key, None)
+                    await self.ctx.provisioner.set_power(fresh.target, PowerState.OFF)
+                except ProvisionerError as e:
+                    return h.BmcObservation(power=obs.power, error_reason=e.reason, error_message=e.message)
+                self.ctx.state.power_events[rec.key] = PowerEvent("off", "Quarantined")
+                return h.BmcObservation(power="off")
+            return obs
+        self.cleaning_attempts += 1
         try:
-            # Clean as the machine asked when it claimed the host; unknown (older claim): the safe choice.
-            cleaning = (rec.spec.consumerRef.cleaning if rec.spec.consumerRef else None) or "metadata"
-            notes = await hostops.deprovision(self.ctx, rec.key, rec.spec, cleaning=cleaning)
-        except HostAccessError as e:
+            outcome = await deprovision(
+                self.ctx.provisioner,
+                self.ctx.settings,
+                rec,
+                q.cleaning,
+                lambda: claims.verify_unchanged(self.ctx, rec.key, None),
+            )
+        except OwnershipLost:
+            return obs
+        except ProvisionerError as e:
             return h.BmcObservation(power=obs.power, error_reason=e.reason, error_message=e.message)
-        logger.info("%s: consumer %s gone; %s", rec.key, rec.consumer, ", ".join(notes))
-        self.ctx.power_events[rec.key] = {"action": "off", "reason": "Deprovisioning"}
-        assert rec.consumer is not None
-        await release_host(self.ctx, rec.key, rec.consumer)
+        self.ctx.state.power_events[rec.key] = PowerEvent("off", "Quarantined")
+        if outcome.clean and await claims.lift_quarantine(self.ctx, rec.key, rec.quarantine_text or ""):
+            logger.info("%s: cleaned; quarantine lifted (%s)", rec.key, ", ".join(outcome.notes))
+            self.cleaning_attempts = 0
+            self.ctx.events.info(body, "QuarantineLifted", "cleaned: back in the pool")
+            wake_after_release(self.ctx, rec.key)
+        else:
+            self.next_cleaning = time.monotonic() + h.cleaning_retry_delay(self.cleaning_attempts)
+            logger.warning("%s: still quarantined: %s", rec.key, outcome.problem)
         return h.BmcObservation(power="off")
 
     async def write_status(
@@ -169,33 +259,27 @@ class HostMonitor:
     ) -> None:
         current = dict(body.get("status") or {})
         generation = body["metadata"].get("generation")
+        quarantine = rec.quarantine if rec.spec.consumerRef is None else None
         new: dict[str, Any] = {
-            "provisioningState": h.host_state(rec.consumer is not None, consumer_phase, obs),
+            "provisioningState": h.host_state(
+                rec.spec.consumerRef is not None, consumer_phase, obs, quarantined=quarantine is not None
+            ),
             "powerState": obs.power or current.get("powerState") or "unknown",
         }
         last_error, count = h.error_status(current.get("lastError"), obs, int(current.get("errorCount") or 0))
         new["lastError"] = last_error
         new["errorCount"] = count
-        new["conditions"] = h.host_conditions(current.get("conditions"), obs, generation)
+        new["conditions"] = h.host_conditions(current.get("conditions"), obs, generation, quarantine)
         if obs.ok:
             new["credentialsVersion"] = self.credentials_version
-        warm = rec.consumer is None and rec.key in self.ctx.warm_wanted and self.warm_verified
+        warm = rec.spec.consumerRef is None and rec.key in self.ctx.state.warm_wanted and self.warm_verified
         new["warm"] = warm or None
-        op = self.ctx.power_events.pop(rec.key, None)
-        if op:
-            new["lastPowerOperation"] = {**op, "time": now()}
-        if status_changed(current, new):
-            if obs.ok:
-                new["lastPolled"] = now()
-            await self.ctx.kube.patch(
-                api.GROUP,
-                api.VERSION,
-                api.HOSTS,
-                rec.key.namespace,
-                rec.key.name,
-                {"status": new},
-                status=True,
-            )
+        event = self.ctx.state.power_events.pop(rec.key, None)
+        if event:
+            new["lastPowerOperation"] = {"action": event.action, "reason": event.reason, "time": now()}
+        if obs.ok and status_changed(current, new):
+            new["lastPolled"] = now()
+        await write_status(self.ctx.kube, api.HOSTS, rec.key, current, new)
 
     def report_transitions(self, body: Any, obs: h.BmcObservation) -> None:
         """Events for changes an operator should hear about, once per change, never per poll."""
@@ -204,14 +288,13 @@ class HostMonitor:
             return
         prev_error = self.last_reported[0]
         self.last_reported = now_reported
+        events = self.ctx.events
         if obs.error_reason and obs.error_reason != prev_error:
-            kopf.warn(body, reason=obs.error_reason, message=obs.error_message or "")
+            events.warn(body, obs.error_reason, obs.error_message or "")
         elif not obs.error_reason and prev_error:
-            kopf.info(body, reason="BMCRecovered", message=f"BMC answers again; power {obs.power}")
+            events.info(body, "BMCRecovered", f"BMC answers again; power {obs.power}")
         elif self.observation is None and obs.ok:
-            kopf.info(
-                body, reason="Registered", message=f"BMC reachable, credentials accepted, power {obs.power}"
-            )
+            events.info(body, "Registered", f"BMC reachable, credentials accepted, power {obs.power}")
 
 
 @kopf.daemon(
@@ -230,60 +313,45 @@ async def host_daemon(
     monitor = HostMonitor(ctx, key)
     if not (body.get("status") or {}).get("provisioningState"):
         # A new host says so at once; the first BMC contact can take as long as the BMC timeout.
-        await ctx.kube.patch(
-            api.GROUP,
-            api.VERSION,
+        await write_status(
+            ctx.kube,
             api.HOSTS,
-            key.namespace,
-            key.name,
-            {
-                "status": {
-                    "provisioningState": "registering",
-                    "conditions": h.host_conditions(None, None, None),
-                }
-            },
-            status=True,
+            key,
+            {},
+            {"provisioningState": "registering", "conditions": h.host_conditions(None, None, None)},
         )
     try:
         await run_daemon(
             ctx, KIND, key, stopped, logger, lambda: monitor.pass_once(body, machine_inventory, logger)
         )
     finally:
-        ctx.power_events.pop(key, None)
+        ctx.state.forget_host(key)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.HOSTS, id="host-changed")
-def host_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+def host_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     ctx: Context = memo.ctx
+    state = ctx.state
     key = ObjKey.of(body)
     rec = host_record(body)
     if rec.consumer is not None:
-        ctx.pending_claims.pop(key, None)  # the watch caught up with our claim
+        state.pending_claims.pop(key, None)  # the watch caught up with our claim
     changed = ctx.wakers.wake_on_change(KIND, body)
-    free = rec.consumer is None and rec.state == "available" and not rec.deleting
-    if free and (key not in ctx.free_hosts or changed):
+    free = rec.consumer is None and rec.state == "available" and not rec.deleting and rec.quarantine is None
+    if free and (key not in state.free_hosts or changed):
         # A host just became usable, or a free one was relabelled: machines waiting for one look again.
-        ctx.free_hosts.add(key)
-        ctx.wakers.wake_all("machine", ctx.waiting_for_host)
+        state.free_hosts.add(key)
+        ctx.wakers.wake_all(Kind.MACHINE, state.waiting_for_host)
     elif not free:
-        ctx.free_hosts.discard(key)
+        state.free_hosts.discard(key)
+    if state.host_states.get(key) != rec.state:
+        state.host_states[key] = rec.state
+        if rec.consumer is not None:
+            ctx.wakers.wake(Kind.MACHINE, rec.consumer)  # Finalize waits for its host to show provisioned
     if changed:
         # A spec change may be the fix a stopped machine waits for (e.g. a corrected pinned host key).
-        ctx.wakers.wake_all("machine", [m for m, b in ctx.blocked.items() if b[3] == key])
-    ctx.wakers.wake_all("template")
-
-
-@kopf.on.event("", "v1", "secrets", id="credentials-changed")
-def secret_changed(body: kopf.Body, memo: kopf.Memo, host_inventory: kopf.Index, **_: Any) -> None:
-    """A rotated BMC password or SSH key: look again now instead of at the next poll."""
-    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    memo.ctx.secrets.pop(ObjKey(ns, name), None)
-    for rec in records(host_inventory):
-        if rec.key.namespace == ns and name in (
-            rec.spec.bmc.credentialsName,
-            rec.spec.ssh.privateKeySecretName,
-        ):
-            memo.ctx.wakers.wake(KIND, rec.key)
+        ctx.wakers.wake_all(Kind.MACHINE, [m for m, b in state.blocked.items() if b.host == key])
+    ctx.wakers.wake_all(Kind.TEMPLATE)
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.HOSTS, id="host-delete")
@@ -299,7 +367,7 @@ async def host_deleted(
     serving a live machine is not pulled from under it: delete (or scale down) the machine first."""
     ctx: Context = memo.ctx
     rec = host_record(body)
-    ctx.free_hosts.discard(rec.key)
+    ctx.state.free_hosts.discard(rec.key)
     if DELETE_FOR_MOVE in (body["metadata"].get("annotations") or {}):
         logger.info("%s deleted by clusterctl move; hardware left as is", rec.key)
         return
@@ -311,16 +379,16 @@ async def host_deleted(
                 delay=30,
             )
     try:
-        await hostops.set_power(ctx, rec.key, rec.spec, PowerState.OFF)
-    except HostAccessError as e:
-        if retry < 4:
+        await ctx.provisioner.set_power(rec.target, PowerState.OFF)
+    except ProvisionerError as e:
+        if retry + 1 < ctx.settings.power_off_attempts:
             raise kopf.TemporaryError(
                 f"powering off before removal: {e.reason}: {e.message}", delay=15
             ) from None
-        kopf.warn(
+        ctx.events.warn(
             body,
-            reason="RemovedWithoutPowerOff",
-            message=f"BMC still failing ({e.reason}); removed from inventory, power state unknown",
+            "RemovedWithoutPowerOff",
+            f"BMC still failing ({e.reason}); removed from inventory, power state unknown",
         )
         return
     logger.info("%s powered off and removed from the inventory", rec.key)

@@ -17,9 +17,11 @@ import kopf
 from capi_provider import api
 from capi_provider.api.schema import from_obj
 from capi_provider.api.types import BareMetalHostSpec
-from capi_provider.controller.context import ObjKey
+from capi_provider.decisions.host import Quarantine
 from capi_provider.decisions.hostmatch import HostFacts
 from capi_provider.decisions.quantity import parse_quantity
+from capi_provider.objkey import ObjKey
+from capi_provider.provisioner.base import Target
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,17 @@ class HostRecord:
     warm: bool
     deleting: bool
     paused: bool
+    quarantine: Quarantine | None = None
+    quarantine_text: str | None = None  # the annotation as written (lifting it tests this exact value)
 
     @property
     def consumer(self) -> ObjKey | None:
         c = self.spec.consumerRef
         return ObjKey(c.namespace, c.name) if c else None
+
+    @property
+    def target(self) -> Target:
+        return Target(self.key, self.uid, self.spec)
 
     def facts(self, claimed_locally: bool) -> HostFacts:
         hw = self.spec.hardware
@@ -50,6 +58,7 @@ class HostRecord:
             and self.state == "available"
             and not self.deleting
             and not self.paused
+            and self.quarantine is None
         )
         return HostFacts(
             name=self.key.name,
@@ -78,6 +87,8 @@ def host_record(body: Any) -> HostRecord:
         warm=bool(status.get("warm")),
         deleting=bool(meta.get("deletionTimestamp")),
         paused=api.HOST_PAUSED_ANNOTATION in (meta.get("annotations") or {}),
+        quarantine=Quarantine.parse((meta.get("annotations") or {}).get(api.QUARANTINE_ANNOTATION)),
+        quarantine_text=(meta.get("annotations") or {}).get(api.QUARANTINE_ANNOTATION),
     )
 
 
@@ -89,12 +100,15 @@ class MachineRecord:
     provisioned: bool
     host: str | None  # host name from the claim annotation
     cluster: str | None
+    provider_id: str | None = None
 
     @property
     def phase(self) -> str:
+        """Its host's view of it. Provisioned from the moment the providerID is set: the machine reports
+        itself provisioned only once its host shows it (see MachineReconciler.finalize)."""
         if self.deleting:
             return "deleting"
-        return "provisioned" if self.provisioned else "provisioning"
+        return "provisioned" if self.provider_id else "provisioning"
 
 
 def machine_record(body: Any) -> MachineRecord:
@@ -108,6 +122,7 @@ def machine_record(body: Any) -> MachineRecord:
         provisioned=bool((status.get("initialization") or {}).get("provisioned")),
         host=host.split("/", 1)[1] if host and "/" in host else None,
         cluster=(meta.get("labels") or {}).get(api.CLUSTER_NAME_LABEL),
+        provider_id=(body.get("spec") or {}).get("providerID"),
     )
 
 

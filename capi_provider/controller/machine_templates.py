@@ -16,18 +16,18 @@ import kopf
 from capi_provider import api
 from capi_provider.api.schema import from_obj
 from capi_provider.api.types import BareMetalMachineTemplateSpec
-from capi_provider.controller.context import Context, ObjKey, run_daemon
+from capi_provider.controller.context import Context, Kind, ObjKey, run_daemon
 from capi_provider.controller.inventory import HostRecord, records
+from capi_provider.controller.status import write_status
 from capi_provider.decisions.capacity import node_capacity, warm_pool_choice
-from capi_provider.decisions.conditions import status_changed
 from capi_provider.decisions.hostmatch import MachineRequest, best_fit
 
-KIND = "template"
+KIND = Kind.TEMPLATE
 DEBOUNCE = 1.0  # a burst of host events (a rack registering) becomes one recomputation
 
 
 def plan(
-    ctx: Context, key: ObjKey, spec: BareMetalMachineTemplateSpec, host_inventory: kopf.Index
+    ctx: Context, key: ObjKey, spec: BareMetalMachineTemplateSpec, host_inventory: Any
 ) -> tuple[dict[str, Any], set[ObjKey]]:
     """The template's status and the hosts its warm pool wants booted."""
     request = MachineRequest(
@@ -36,7 +36,7 @@ def plan(
     hosts: dict[str, HostRecord] = {
         r.key.name: r for r in records(host_inventory) if r.key.namespace == key.namespace
     }
-    facts = [r.facts(claimed_locally=r.key in ctx.pending_claims) for r in hosts.values()]
+    facts = [r.facts(claimed_locally=r.key in ctx.state.pending_claims) for r in hosts.values()]
     matching = best_fit(request, facts)
     status: dict[str, Any] = {"matchingHosts": len(matching), "warmHosts": 0}
     if matching:
@@ -49,7 +49,7 @@ def plan(
         status["nodeInfo"] = None
     size = spec.warmPool.size if spec.warmPool else 0
     taken_elsewhere = (
-        set().union(*(v for k, v in ctx.warm_by_template.items() if k != key)) if size else set()
+        set().union(*(v for k, v in ctx.state.warm_by_template.items() if k != key)) if size else set()
     )
     wanted = warm_pool_choice(
         [f for f in matching if ObjKey(key.namespace, f.name) not in taken_elsewhere], size
@@ -59,30 +59,17 @@ def plan(
     return status, wanted_keys
 
 
-async def reconcile_template(
-    ctx: Context, body: Any, host_inventory: kopf.Index, logger: logging.Logger
-) -> None:
+async def reconcile_template(ctx: Context, body: Any, host_inventory: Any, logger: logging.Logger) -> None:
     key = ObjKey.of(body)
     spec = from_obj(BareMetalMachineTemplateSpec, body.get("spec"))
     status, wanted = plan(ctx, key, spec, host_inventory)
-    before = ctx.warm_by_template.get(key, set())
+    before = ctx.state.warm_by_template.get(key, set())
     if wanted != before:
-        ctx.warm_by_template[key] = wanted
-        ctx.warm_wanted = set().union(*ctx.warm_by_template.values())
+        ctx.state.set_warm_pool(key, wanted)
         for host in wanted ^ before:  # newly wanted warm, or no longer: their daemons act now
-            ctx.wakers.wake("host", host)
+            ctx.wakers.wake(Kind.HOST, host)
         logger.info("%s: warm pool now %s", key, sorted(h.name for h in wanted))
-    current = dict(body.get("status") or {})
-    if status_changed(current, status):
-        await ctx.kube.patch(
-            api.GROUP,
-            api.VERSION,
-            api.MACHINE_TEMPLATES,
-            key.namespace,
-            key.name,
-            {"status": status},
-            status=True,
-        )
+    await write_status(ctx.kube, api.MACHINE_TEMPLATES, key, body.get("status"), status)
 
 
 @kopf.daemon(
@@ -112,9 +99,7 @@ async def template_daemon(
     try:
         await run_daemon(ctx, KIND, key, stopped, logger, one_pass)
     finally:
-        # A deleted template stops holding hosts warm.
-        if ctx.warm_by_template.pop(key, None):
-            ctx.warm_wanted = set().union(*ctx.warm_by_template.values())
+        ctx.state.forget_template(key)  # a deleted template stops holding hosts warm
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.MACHINE_TEMPLATES, id="template-changed")

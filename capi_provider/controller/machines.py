@@ -1,8 +1,12 @@
 """BareMetalMachine: from CAPI creating it to a Running node, and back to a free host on deletion.
 
 One kopf daemon per BareMetalMachine runs `MachineReconciler.reconcile` whenever something it depends on
-changes (its own object, its CAPI Machine or Cluster, a host freeing up) or its requeue time passes. The
-decisions live in capi_provider/decisions/machine.py and hostmatch.py; the BMC/SSH work in hostops.py.
+changes (its own object, its CAPI Machine or Cluster, a host freeing up or changing state) or its requeue
+time passes. The decisions live in capi_provider/decisions/ (machine.py, hostmatch.py, ownership.py); the
+work on the server in the provisioner (capi_provider/provisioner/); claims in claims.py.
+
+Ownership is proven, never assumed: a machine only uses a host of its own namespace whose consumerRef names
+it (namespace, name and uid), and that is re-read from the API server right before every step.
 """
 
 from __future__ import annotations
@@ -15,21 +19,28 @@ import kopf
 
 from capi_provider import api
 from capi_provider.api.schema import from_obj
-from capi_provider.api.types import BareMetalMachineSpec
-from capi_provider.bootstrap.render import HostInput, NicInput, SeedInputs, SeedTemplateError, render_seed
-from capi_provider.controller import hostops
-from capi_provider.controller.context import Context, ObjKey, run_daemon
-from capi_provider.controller.hostio import HostAccessError, drop_ssh
+from capi_provider.api.types import BareMetalMachineSpec, ConsumerRef
+from capi_provider.bootstrap.render import HostInput, NicInput, SeedInputs, SeedTemplateError
+from capi_provider.bootstrap.sandbox import render_seed_bounded
+from capi_provider.controller import claims
+from capi_provider.controller.claims import Owner, OwnershipLost
+from capi_provider.controller.context import Blocked, Context, Followed, Kind, ObjKey, PowerEvent, run_daemon
+from capi_provider.controller.deprovision import deprovision
 from capi_provider.controller.inventory import HostRecord, one, records
+from capi_provider.controller.status import write_status
 from capi_provider.decisions import machine as m
-from capi_provider.decisions.conditions import READY, set_condition, status_changed
+from capi_provider.decisions.conditions import READY, now, set_condition
+from capi_provider.decisions.host import Quarantine
 from capi_provider.decisions.hostmatch import MachineRequest, best_fit, explain_no_match
-from capi_provider.k8s import Conflict
+from capi_provider.decisions.ownership import Claim, provider_id
+from capi_provider.decisions.secrets import bootstrap_data_problem
+from capi_provider.provisioner.base import ProvisionerError, Seed
 
-KIND = "machine"
+KIND = Kind.MACHINE
 BLOCK_MOVE = "clusterctl.cluster.x-k8s.io/block-move"
 DELETE_FOR_MOVE = "clusterctl.cluster.x-k8s.io/delete-for-move"
 LONG = 600.0  # requeue when only an event can change anything (events wake us much sooner)
+HOST_STATE_WAIT = 30.0  # Finalize waiting for the host to show provisioned (its change wakes us sooner)
 
 
 def owner_machine_name(body: Any) -> str | None:
@@ -45,26 +56,41 @@ def is_paused(body: Any, cluster: dict[str, Any] | None) -> bool:
     return bool(cluster and (cluster.get("spec") or {}).get("paused"))
 
 
-def claimed_host(body: Any, host_inventory: kopf.Index) -> HostRecord | None:
-    """The host this machine holds: by the annotation we set, else by a consumerRef pointing at us (a crash
-    between claiming the host and annotating the machine leaves exactly that)."""
-    key = ObjKey.of(body)
-    annotated = (body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION)
-    if annotated and "/" in annotated:
-        ns, name = annotated.split("/", 1)
-        return one(host_inventory, ObjKey(ns, name))
-    for rec in records(host_inventory):
-        if rec.consumer == key:
-            return rec
-    return None
+def find_claimed_host(body: Any, host_index: Any) -> tuple[HostRecord | None, str | None]:
+    """The host this machine holds and how it knows (None, problem) when it cannot prove one it names.
+
+    By the annotation we set when claiming; else by a consumerRef naming this exact machine (uid included)
+    in its namespace: a crash between claiming a host and annotating the machine leaves exactly that."""
+    owner = Owner.of(body)
+    annotation = (body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION)
+    if annotation is not None:
+        key = ObjKey.parse(annotation)
+        if key is None or key.namespace != owner.namespace:
+            return None, f"the host annotation names {annotation!r}, outside namespace {owner.namespace}"
+        rec = one(host_index, key)
+        if rec is None:
+            return None, m.HOST_DELETED
+        claim = owner.claim_on(rec)
+        if claim in (Claim.OURS, Claim.MOVED):
+            return rec, None
+        return (
+            None,
+            f"BareMetalHost {key.name} is not claimed by this machine "
+            f"({claims.describe(rec.spec.consumerRef)})",
+        )
+    for rec in records(host_index):
+        if rec.key.namespace == owner.namespace and owner.claim_on(rec) is Claim.OURS:
+            return rec, None
+    return None, None
 
 
 class MachineReconciler:
-    def __init__(self, ctx: Context, body: Any, host_inventory: kopf.Index, logger: logging.Logger) -> None:
+    def __init__(self, ctx: Context, body: Any, host_index: Any, logger: logging.Logger) -> None:
         self.ctx = ctx
         self.body = body
         self.key = ObjKey.of(body)
-        self.hosts = host_inventory
+        self.owner = Owner.of(body)
+        self.hosts = host_index
         self.log = logger
         self.spec = from_obj(BareMetalMachineSpec, body.get("spec"))
         self.status: dict[str, Any] = copy.deepcopy(dict(body.get("status") or {}))
@@ -74,10 +100,8 @@ class MachineReconciler:
     # ------------------------------------------------------------------ status plumbing
     async def flush(self) -> None:
         """Write status if it changed in a way an operator could see."""
-        if not status_changed(self._written_status, self.status):
-            return
-        await self._patch({"status": self.status}, status=True)
-        self._written_status = copy.deepcopy(self.status)
+        if await write_status(self.ctx.kube, api.MACHINES, self.key, self._written_status, self.status):
+            self._written_status = copy.deepcopy(self.status)
 
     def conditions(
         self, *, claimed: tuple[bool, str, str], provisioned: tuple[bool | str, str, str] | None = None
@@ -92,9 +116,9 @@ class MachineReconciler:
         reason = provisioned[1] if provisioned else claimed[1]
         self.status["phase"] = m.phase_for(reason if claimed[0] else claimed[1], done)
 
-    async def _patch(self, body: dict[str, Any], *, status: bool = False) -> None:
+    async def _patch(self, body: dict[str, Any]) -> None:
         await self.ctx.kube.patch(
-            api.GROUP, api.VERSION, api.MACHINES, self.key.namespace, self.key.name, body, status=status
+            api.GROUP, api.VERSION, api.MACHINES, self.key.namespace, self.key.name, body
         )
 
     async def annotate(self, annotations: dict[str, str | None]) -> None:
@@ -141,86 +165,82 @@ class MachineReconciler:
             )
             return LONG
 
-        host = claimed_host(self.body, self.hosts)
+        host, problem = find_claimed_host(self.body, self.hosts)
+        if problem == m.HOST_DELETED:
+            self.conditions(claimed=(False, m.HOST_DELETED, "the BareMetalHost serving this machine is gone"))
+            return LONG
+        if problem:
+            return self.host_not_owned(problem)
         if host is None:
-            if (self.body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION):
-                self.conditions(
-                    claimed=(False, m.HOST_DELETED, "the BareMetalHost serving this machine is gone")
-                )
-                return LONG
-            host = await self.claim(machine)
+            host = await self.claim(machine, cluster_name)
             if host is None:
                 return LONG
+        elif not (self.body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION):
+            await self.annotate({api.HOST_ANNOTATION: str(host.key)})
         return await self.provision(host, machine, cluster_name)
 
+    def host_not_owned(self, message: str) -> float:
+        """The machine names a host it cannot prove is its own (released or re-claimed behind its back, or an
+        annotation written by someone else): nothing is done to that host, and the machine says so instead of
+        reporting a healthy node."""
+        reason = m.HOST_NOT_OWNED
+        previous = next((c for c in self.status.get("conditions") or [] if c["type"] == m.HOST_CLAIMED), None)
+        if not previous or (previous.get("reason"), previous.get("message")) != (reason, message):
+            self.ctx.events.warn(self.body, reason, message)
+        self.conditions(claimed=(False, reason, message), provisioned=(False, reason, message))
+        return LONG
+
     # ------------------------------------------------------------------ claiming
-    async def claim(self, machine: dict[str, Any]) -> HostRecord | None:
+    async def claim(self, machine: dict[str, Any], cluster_name: str | None) -> HostRecord | None:
         request = MachineRequest(
             selector=self.spec.hostSelector,
             requirements=self.spec.requirements,
             failure_domain=(machine.get("spec") or {}).get("failureDomain") or None,
         )
-        pending = self.ctx.pending_claims
+        state = self.ctx.state
         candidates = [rec for rec in records(self.hosts) if rec.key.namespace == self.key.namespace]
-        facts = [rec.facts(claimed_locally=rec.key in pending) for rec in candidates]
+        facts = [rec.facts(claimed_locally=rec.key in state.pending_claims) for rec in candidates]
         by_name = {rec.key.name: rec for rec in candidates}
         for choice in best_fit(request, facts):
             rec = by_name[choice.name]
-            if await self._try_claim(rec):
-                self.ctx.waiting_for_host.discard(self.key)
+            if await claims.claim(
+                self.ctx, rec, self.owner, cleaning=self.spec.cleaning, cluster=cluster_name
+            ):
+                state.waiting_for_host.discard(self.key)
+                await self.annotate({api.HOST_ANNOTATION: str(rec.key)})
+                self.status["host"] = {"name": rec.key.name}
+                self.ctx.events.info(self.body, "HostClaimed", f"claimed BareMetalHost {rec.key.name}")
+                self.ctx.wakers.wake(Kind.HOST, rec.key)
+                self.ctx.wakers.wake_all(Kind.TEMPLATE)
                 return rec
-        self.ctx.waiting_for_host.add(self.key)
+        state.waiting_for_host.add(self.key)
         why = explain_no_match(request, facts)
         previous = next((c for c in self.status.get("conditions") or [] if c["type"] == m.HOST_CLAIMED), None)
         if not previous or previous.get("message") != why:
-            kopf.warn(self.body, reason=m.WAITING_FOR_HOST, message=why)
+            self.ctx.events.warn(self.body, m.WAITING_FOR_HOST, why)
         self.conditions(claimed=(False, m.WAITING_FOR_HOST, why))
         return None
 
-    async def _try_claim(self, rec: HostRecord) -> bool:
-        """Take the host only if it is exactly as we saw it (resourceVersion test): two machines, or two
-        replicas, can never both win."""
-        ref = {
-            "kind": "BareMetalMachine",
-            "name": self.key.name,
-            "namespace": self.key.namespace,
-            "uid": self.body["metadata"]["uid"],
-            "cleaning": self.spec.cleaning,
-        }
-        ops = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": rec.resource_version},
-            {"op": "add", "path": "/spec/consumerRef", "value": ref},
-        ]
-        try:
-            await self.ctx.kube.patch(api.GROUP, api.VERSION, api.HOSTS, rec.key.namespace, rec.key.name, ops)
-        except Conflict:
-            self.log.info("host %s changed under us; trying the next best", rec.key)
-            return False
-        self.ctx.pending_claims[rec.key] = self.key
-        await self.annotate({api.HOST_ANNOTATION: str(rec.key)})
-        self.status["host"] = {"name": rec.key.name}
-        kopf.info(self.body, reason="HostClaimed", message=f"claimed BareMetalHost {rec.key.name}")
-        self.ctx.wakers.wake("host", rec.key)
-        self.ctx.wakers.wake_all("template")
-        return True
-
     # ------------------------------------------------------------------ provisioning
     async def provision(self, host: HostRecord, machine: dict[str, Any], cluster_name: str) -> float:
+        state = self.ctx.state
         self.status["host"] = {"name": host.key.name}
         claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
         data_secret = ((machine.get("spec") or {}).get("bootstrap") or {}).get("dataSecretName")
-        blocked = self.ctx.blocked.get(self.key)
-        if blocked and blocked[2] == host.generation and not self.spec.providerID:
-            self.conditions(claimed=claimed, provisioned=(False, blocked[0], blocked[1]))
+        blocked = state.blocked.get(self.key)
+        if blocked and blocked.host_generation == host.generation and not self.spec.providerID:
+            self.conditions(claimed=claimed, provisioned=(False, blocked.reason, blocked.message))
             return LONG
-        self.ctx.blocked.pop(self.key, None)
+        state.blocked.pop(self.key, None)
+        steps = self.ctx.provisioner.steps
+        needs_seed = {s.name for s in steps if s.needs_seed}
         while True:
             facts = m.Facts(
                 steps_done=m.steps_done(self.status.get("steps")),
                 bootstrap_data_ready=bool(data_secret),
                 provider_id_set=bool(self.spec.providerID),
             )
-            step = m.next_step(facts)
+            step = m.next_step(steps, facts)
             if step == m.WAITING_FOR_BOOTSTRAP:
                 self.conditions(
                     claimed=claimed,
@@ -231,9 +251,8 @@ class MachineReconciler:
                     ),
                 )
                 return LONG
-            if step == "Finalize":
-                await self.finalize(host, machine)
-                return LONG
+            if step == m.FINALIZE:
+                return await self.finalize(host, claimed)
             self.conditions(claimed=claimed, provisioned=(False, step, f"{step} on {host.key.name}"))
             if not (self.body["metadata"].get("annotations") or {}).get(BLOCK_MOVE):
                 # clusterctl move must wait: a half-provisioned host cannot be handed to another controller.
@@ -241,40 +260,35 @@ class MachineReconciler:
             self.status["steps"] = m.start_step(self.status.get("steps"), step)
             await self.flush()
             try:
-                note = await self.run_step(step, host, machine, cluster_name, data_secret)
-            except HostAccessError as e:
-                return self.step_failed(step, host, e.reason, e.message)
-            except hostops.BootstrapFailed as e:
-                return self.block(step, host, m.BOOTSTRAP_FAILED, str(e))
-            except SeedTemplateError as e:
-                self.conditions(claimed=claimed, provisioned=(False, "SeedTemplateInvalid", str(e)))
-                self.status["steps"] = m.start_step(self.status.get("steps"), step, f"failed: {e}")
-                return LONG
+                host = await claims.verify(self.ctx, host.key, self.owner)  # proven right before acting
+                seed = await self.render_seed(host, cluster_name, data_secret) if step in needs_seed else None
+                note = await self.ctx.provisioner.run_step(step, host.target, seed=seed, warm=host.warm)
+            except ProvisionerError as e:
+                self.ctx.provisioner.end_session(host.key)
+                if e.reason in m.BLOCKING_REASONS:
+                    return self.block(step, host, e.reason, e.message)
+                return self.step_failed(step, e.reason, e.message, claimed)
+            if step == steps[0].name:
+                state.power_events[host.key] = PowerEvent("on", "Provisioning")
+                self.ctx.wakers.wake(Kind.HOST, host.key)
             self.status["steps"] = m.finish_step(self.status.get("steps"), step, note)
-            self.ctx.step_failures.pop(self.key, None)
+            state.step_failures.pop(self.key, None)
             self.log.info("%s: %s on %s: %s", self.key, step, host.key.name, note)
 
     def block(self, step: str, host: HostRecord, reason: str, message: str) -> float:
         """Stop at a failure that retrying cannot fix; visible in conditions, steps and an event. Provisioning
         resumes when the host's spec changes (e.g. the operator corrects the pinned host key)."""
-        drop_ssh(self.ctx, host.key)
         claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
-        self.ctx.blocked[self.key] = (reason, message, host.generation, host.key)
+        self.ctx.state.blocked[self.key] = Blocked(reason, message, host.generation, host.key)
         self.status["steps"] = m.start_step(self.status.get("steps"), step, f"failed: {reason}")
-        kopf.warn(self.body, reason=reason, message=message)
+        self.ctx.events.warn(self.body, reason, message)
         self.conditions(claimed=claimed, provisioned=(False, reason, message))
         return LONG
 
-    def step_failed(self, step: str, host: HostRecord, reason: str, message: str) -> float:
-        drop_ssh(self.ctx, host.key)
-        claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
-        if reason == "HostKeyMismatch":
-            # A different machine (or an attacker) answers at that address: never send it anything.
-            return self.block(step, host, reason, message)
-        attempt = self.ctx.step_failures.get(self.key, 0) + 1
-        self.ctx.step_failures[self.key] = attempt
-        # Exponential backoff per machine: a BMC or network that stays down is not retried in a tight loop.
-        delay = min(300.0, 15.0 * 2 ** (attempt - 1))
+    def step_failed(self, step: str, reason: str, message: str, claimed: tuple[bool, str, str]) -> float:
+        failures = self.ctx.state.step_failures
+        attempt = failures[self.key] = failures.get(self.key, 0) + 1
+        delay = m.step_retry_delay(attempt)
         self.conditions(
             claimed=claimed,
             provisioned=(False, reason, f"{step}: {message} (attempt {attempt}, next in {delay:.0f}s)"),
@@ -282,50 +296,25 @@ class MachineReconciler:
         self.log.warning("%s: %s failed (attempt %d): %s: %s", self.key, step, attempt, reason, message)
         return delay
 
-    async def run_step(
-        self, step: str, host: HostRecord, machine: dict[str, Any], cluster_name: str, data_secret: str | None
-    ) -> str:
-        ctx, spec = self.ctx, host.spec
-        if step == "PowerOn":
-            note = await hostops.power_on_for_provisioning(ctx, host.key, spec, keep_running=host.warm)
-            ctx.power_events[host.key] = {"action": "on", "reason": "Provisioning"}
-            ctx.wakers.wake("host", host.key)
-            return note
-        if step == "WaitForSSH":
-            await hostops.wait_for_ssh(ctx, host.key, spec, ctx.settings.boot_timeout)
-            return f"SSH up, host key {spec.ssh.hostKey.split()[0]} verified"
-        if step == "DeliverSeed":
-            files = await self.render_seed(host, machine, cluster_name, data_secret or "")
-            await hostops.deliver_seed(ctx, host.key, spec, files)
-            return f"wrote {', '.join(sorted(files))} to {hostops.SEED_DIR}"
-        if step == "Bootstrap":
-            return await hostops.run_bootstrap(ctx, host.key, spec)
-        raise AssertionError(step)
-
-    async def render_seed(
-        self, host: HostRecord, machine: dict[str, Any], cluster_name: str, data_secret: str
-    ) -> dict[str, bytes]:
-        secret = await self.ctx.kube.get_secret(self.key.namespace, data_secret)
-        if secret is None or "value" not in secret.data:
-            raise HostAccessError("BootstrapDataMissing", f"bootstrap Secret {data_secret} has no `value`")
-        fmt = secret.data.get("format", b"cloud-config").decode()
-        if fmt != "cloud-config":
-            raise HostAccessError(
-                "UnsupportedBootstrapFormat", f"bootstrap format {fmt!r}: only cloud-config is supported"
-            )
+    async def render_seed(self, host: HostRecord, cluster_name: str, data_secret: str | None) -> Seed:
+        secret = await self.ctx.kube.get_secret(self.key.namespace, data_secret or "")
+        problem = bootstrap_data_problem(secret, data_secret or "", cluster_name)
+        if problem:
+            raise ProvisionerError(*problem)
+        assert secret is not None
         overrides = None
         if self.spec.seedTemplatesRef:
             overrides = await self.ctx.kube.get_configmap(self.key.namespace, self.spec.seedTemplatesRef.name)
             if overrides is None:
-                raise HostAccessError(
+                raise ProvisionerError(
                     "SeedTemplatesMissing", f"ConfigMap {self.spec.seedTemplatesRef.name} does not exist"
                 )
         hw = host.spec.hardware
         inputs = SeedInputs(
             bootstrap_data=secret.data["value"].decode(),
-            instance_id=self.body["metadata"]["uid"],
+            instance_id=self.owner.uid,
             hostname=self.key.name,
-            provider_id=m.provider_id(self.key.namespace, host.key.name, self.body["metadata"]["uid"]),
+            provider_id=provider_id(self.key.namespace, host.key.name, self.owner.uid),
             cluster_name=cluster_name,
             machine_name=self.key.name,
             machine_namespace=self.key.namespace,
@@ -336,17 +325,33 @@ class MachineReconciler:
             ),
             failure_domain=host.labels.get(api.FAILURE_DOMAIN_LABEL),
         )
-        return render_seed(inputs, overrides)
+        try:
+            return await render_seed_bounded(inputs, overrides, self.ctx.settings.template_limits)
+        except SeedTemplateError as e:
+            raise ProvisionerError(m.SEED_TEMPLATE_INVALID, str(e)) from None
 
-    async def finalize(self, host: HostRecord, machine: dict[str, Any]) -> None:
-        """Contract fields last, so CAPI only sees a provisioned machine once the host really is one."""
-        drop_ssh(self.ctx, host.key)
-        uid = self.body["metadata"]["uid"]
-        pid = self.spec.providerID or m.provider_id(self.key.namespace, host.key.name, uid)
+    async def finalize(self, host: HostRecord, claimed: tuple[bool, str, str]) -> float:
+        """Contract fields last, so CAPI only sees a provisioned machine once the host really is one: first
+        the providerID (from which the host's status says provisioned), then, once the host shows it,
+        initialization.provisioned."""
+        self.ctx.provisioner.end_session(host.key)
         if not self.spec.providerID:
+            host = await claims.verify(self.ctx, host.key, self.owner)
+            pid = provider_id(self.key.namespace, host.key.name, self.owner.uid)
             await self._patch({"spec": {"providerID": pid}, "metadata": {"annotations": {BLOCK_MOVE: None}}})
             self.spec.providerID = pid
-            kopf.info(self.body, reason="Provisioned", message=f"{host.key.name} provisioned as {pid}")
+            self.ctx.events.info(self.body, "Provisioned", f"{host.key.name} provisioned as {pid}")
+            self.ctx.wakers.wake(Kind.HOST, host.key)
+        if host.state != "provisioned":
+            self.conditions(
+                claimed=claimed,
+                provisioned=(
+                    False,
+                    m.WAITING_FOR_HOST_STATE,
+                    f"waiting for BareMetalHost {host.key.name} to show provisioned",
+                ),
+            )
+            return HOST_STATE_WAIT
         self.status["initialization"] = {"provisioned": True}
         self.status["addresses"] = m.machine_addresses(
             self.key.name, host.spec.ssh.address, [n.ip for n in host.spec.hardware.nics or [] if n.ip]
@@ -354,11 +359,84 @@ class MachineReconciler:
         fd = host.labels.get(api.FAILURE_DOMAIN_LABEL)
         if fd:
             self.status["failureDomain"] = fd
-        self.conditions(
-            claimed=(True, "HostClaimed", f"BareMetalHost {host.key.name}"),
-            provisioned=(True, "Provisioned", ""),
+        self.conditions(claimed=claimed, provisioned=(True, "Provisioned", ""))
+        return LONG
+
+
+# ====================================================================================== deletion
+
+
+async def deprovision_machine(
+    ctx: Context, body: Any, host_index: Any, logger: logging.Logger, retry: int
+) -> None:
+    """Reset, clean and power off the machine's host, then release it (or quarantine it if it could not be
+    cleaned). A BMC that stays dead must not hang the Machine's deletion: after the configured attempts the
+    host stays claimed (out of the pool, visibly deprovisioning) and the host controller finishes the job."""
+    key = ObjKey.of(body)
+    owner = Owner.of(body)
+    host, problem = find_claimed_host(body, host_index)
+    if host is None:
+        logger.info(
+            "%s holds no host it can prove is its own (%s); nothing to deprovision", key, problem or "none"
         )
-        self.ctx.wakers.wake("host", host.key)
+        return
+    spec = from_obj(BareMetalMachineSpec, body.get("spec"))
+    if retry == 0:
+        status = dict(body.get("status") or {})
+        conditions = set_condition(
+            status.get("conditions"),
+            READY,
+            False,
+            m.DELETING,
+            f"deprovisioning BareMetalHost {host.key.name}",
+        )
+        await write_status(
+            ctx.kube, api.MACHINES, key, status, {"phase": "Deprovisioning", "conditions": conditions}
+        )
+    try:
+        outcome = await deprovision(
+            ctx.provisioner, ctx.settings, host, spec.cleaning, lambda: claims.verify(ctx, host.key, owner)
+        )
+    except OwnershipLost as e:
+        logger.warning("%s: %s; leaving that host alone", key, e.message)
+        return
+    except ProvisionerError as e:
+        if retry + 1 < ctx.settings.power_off_attempts:
+            raise kopf.TemporaryError(
+                f"deprovisioning {host.key.name}: {e.reason}: {e.message}", delay=10
+            ) from None
+        ctx.events.warn(
+            body,
+            "DeprovisioningDeferred",
+            f"{host.key.name}: {e.reason}; the host stays out of the pool until it powers off",
+        )
+        ctx.wakers.wake(Kind.HOST, host.key)
+        return
+    ctx.state.power_events[host.key] = PowerEvent("off", "Deprovisioning")
+    consumer = ConsumerRef(kind="BareMetalMachine", name=owner.name, namespace=owner.namespace, uid=owner.uid)
+    quarantine = quarantine_for(outcome.problem, outcome.generation, spec.cleaning)
+    await claims.release(ctx, host.key, consumer, quarantine)
+    wake_after_release(ctx, host.key)
+    if quarantine:
+        ctx.events.warn(
+            body,
+            "HostQuarantined",
+            f"{host.key.name} could not be cleaned ({quarantine.reason}): out of the pool",
+        )
+    else:
+        ctx.events.info(body, "Deprovisioned", f"{host.key.name}: {', '.join(outcome.notes)}; released")
+
+
+def quarantine_for(problem: tuple[str, str] | None, generation: int, cleaning: str) -> Quarantine | None:
+    if problem is None:
+        return None
+    return Quarantine(problem[0], problem[1], generation, now(), cleaning)
+
+
+def wake_after_release(ctx: Context, host: ObjKey) -> None:
+    ctx.wakers.wake(Kind.HOST, host)
+    ctx.wakers.wake_all(KIND, ctx.state.waiting_for_host)
+    ctx.wakers.wake_all(Kind.TEMPLATE)
 
 
 # ====================================================================================== kopf handlers
@@ -389,9 +467,8 @@ async def machine_daemon(
     try:
         await run_daemon(ctx, KIND, key, stopped, logger, one_pass)
     finally:
-        ctx.blocked.pop(key, None)
-        ctx.waiting_for_host.discard(key)
-        ctx.step_failures.pop(key, None)
+        ctx.state.forget_machine(key)
+        ctx.wakers.forget_followed(Followed.CAPI_MACHINE, key)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.MACHINES, id="machine-changed")
@@ -399,13 +476,13 @@ def machine_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
     changed = ctx.wakers.wake_on_change(KIND, body)
-    host = (body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION)
-    provisioned = bool(((body.get("status") or {}).get("initialization") or {}).get("provisioned"))
-    flipped = ctx.machine_provisioned.get(key) != provisioned
-    ctx.machine_provisioned[key] = provisioned
-    if host and "/" in host and (changed or flipped):
+    host = ObjKey.parse((body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION))
+    provisioned = bool((body.get("spec") or {}).get("providerID"))
+    flipped = ctx.state.machine_provisioned.get(key) != provisioned
+    ctx.state.machine_provisioned[key] = provisioned
+    if host and (changed or flipped):
         # The host's provisioningState follows its machine's progress.
-        ctx.wakers.wake("host", ObjKey(*host.split("/", 1)))
+        ctx.wakers.wake(Kind.HOST, host)
 
 
 @kopf.on.event(api.CAPI_GROUP, api.CAPI_VERSION, "machines", id="capi-machine-changed")
@@ -425,27 +502,38 @@ def capi_machine_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         api.PAUSED_ANNOTATION in (meta.get("annotations") or {}),
         meta.get("deletionTimestamp"),
     )
-    if not memo.ctx.wakers.seen_before("capi-machine", key, relevant):
+    if not memo.ctx.wakers.seen_before(Followed.CAPI_MACHINE, key, relevant):
         memo.ctx.wakers.wake(KIND, key)
 
 
 @kopf.on.event(api.CAPI_GROUP, api.CAPI_VERSION, "clusters", id="capi-cluster-changed")
-def capi_cluster_changed(body: kopf.Body, memo: kopf.Memo, machine_inventory: kopf.Index, **_: Any) -> None:
+def capi_cluster_changed(
+    body: kopf.Body, memo: kopf.Memo, type: str | None, machine_inventory: kopf.Index, **_: Any
+) -> None:
     """Pause, infrastructure readiness and the endpoint are all we read from a Cluster (see above)."""
     spec, meta = body.get("spec") or {}, body["metadata"]
-    ns, name = meta["namespace"], meta["name"]
+    key = ObjKey(meta["namespace"], meta["name"])
+    if type == "DELETED":
+        memo.ctx.wakers.forget_followed(Followed.CAPI_CLUSTER, key)
     relevant = (
         spec.get("paused"),
         api.PAUSED_ANNOTATION in (meta.get("annotations") or {}),
         ((body.get("status") or {}).get("initialization") or {}).get("infrastructureProvisioned"),
         spec.get("controlPlaneEndpoint"),
+        type == "DELETED",
     )
-    if memo.ctx.wakers.seen_before("capi-cluster", ObjKey(ns, name), relevant):
+    if type != "DELETED" and memo.ctx.wakers.seen_before(Followed.CAPI_CLUSTER, key, relevant):
         return
-    keys = [r.key for r in records(machine_inventory) if r.key.namespace == ns and r.cluster == name]
+    keys = [
+        r.key
+        for r in records(machine_inventory)
+        if r.key.namespace == key.namespace and r.cluster == key.name
+    ]
     memo.ctx.wakers.wake_all(KIND, keys)
     # BareMetalClusters follow their Cluster's pause and endpoint; there are few, so wake the namespace's.
-    memo.ctx.wakers.wake_namespace("cluster", ns)
+    memo.ctx.wakers.wake_namespace(Kind.CLUSTER, key.namespace)
+    # Hosts whose machine is missing wait while their Cluster is paused (clusterctl move): look again.
+    memo.ctx.wakers.wake_namespace(Kind.HOST, key.namespace)
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.MACHINES, id="deprovision")
@@ -454,8 +542,7 @@ async def machine_deleted(
 ) -> None:
     ctx: Context = memo.ctx
     key = ObjKey.of(body)
-    meta_ann = body["metadata"].get("annotations") or {}
-    if DELETE_FOR_MOVE in meta_ann:
+    if DELETE_FOR_MOVE in (body["metadata"].get("annotations") or {}):
         logger.info("%s deleted by clusterctl move: the host keeps running for the target cluster", key)
         return
     machine_name = owner_machine_name(body)
@@ -468,64 +555,4 @@ async def machine_deleted(
             )
     if is_paused(body, cluster):
         raise kopf.TemporaryError("paused: deprovisioning waits until the cluster is unpaused", delay=15)
-    host = claimed_host(body, host_inventory)
-    if host is None or host.consumer != key:
-        logger.info("%s holds no host (or its host is gone); nothing to deprovision", key)
-        return
-    spec = from_obj(BareMetalMachineSpec, body.get("spec"))
-    if retry == 0:
-        status = dict(body.get("status") or {})
-        status["phase"] = "Deprovisioning"
-        status["conditions"] = set_condition(
-            status.get("conditions"),
-            READY,
-            False,
-            m.DELETING,
-            f"deprovisioning BareMetalHost {host.key.name}",
-            None,
-        )
-        await ctx.kube.patch(
-            api.GROUP,
-            api.VERSION,
-            api.MACHINES,
-            key.namespace,
-            key.name,
-            {"status": {"phase": status["phase"], "conditions": status["conditions"]}},
-            status=True,
-        )
-    try:
-        notes = await hostops.deprovision(ctx, host.key, host.spec, spec.cleaning)
-    except HostAccessError as e:
-        if retry + 1 < ctx.settings.deprovision_power_attempts:
-            raise kopf.TemporaryError(
-                f"deprovisioning {host.key.name}: {e.reason}: {e.message}", delay=10
-            ) from None
-        # The Machine must not hang on a dead BMC: the host stays claimed (out of the pool, visibly
-        # deprovisioning) and the host controller keeps trying until it is really off, then frees it.
-        kopf.warn(
-            body,
-            reason="DeprovisioningDeferred",
-            message=f"{host.key.name}: {e.reason}; the host stays out of the pool until it powers off",
-        )
-        ctx.wakers.wake("host", host.key)
-        return
-    ctx.power_events[host.key] = {"action": "off", "reason": "Deprovisioning"}
-    await release_host(ctx, host.key, key)
-    kopf.info(body, reason="Deprovisioned", message=f"{host.key.name}: {', '.join(notes)}; released")
-
-
-async def release_host(ctx: Context, host: ObjKey, consumer: ObjKey) -> None:
-    """Clear the claim, but only if it is still ours (test op): never free a host someone else now holds."""
-    ops = [
-        {"op": "test", "path": "/spec/consumerRef/name", "value": consumer.name},
-        {"op": "test", "path": "/spec/consumerRef/namespace", "value": consumer.namespace},
-        {"op": "remove", "path": "/spec/consumerRef"},
-    ]
-    try:
-        await ctx.kube.patch(api.GROUP, api.VERSION, api.HOSTS, host.namespace, host.name, ops)
-    except Conflict:
-        logging.getLogger(__name__).warning("host %s no longer held by %s; not releasing", host, consumer)
-    ctx.pending_claims.pop(host, None)
-    ctx.wakers.wake("host", host)
-    ctx.wakers.wake_all(KIND)
-    ctx.wakers.wake_all("template")
+    await deprovision_machine(ctx, body, host_inventory, logger, retry)

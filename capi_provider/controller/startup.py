@@ -9,10 +9,13 @@ from typing import Any
 import kopf
 
 from capi_provider import api
-from capi_provider.bmc.runner import BmcRunner
 from capi_provider.config import Settings
 from capi_provider.controller.context import Context
+from capi_provider.controller.credentials import CredentialStore
+from capi_provider.controller.events import KopfEvents
 from capi_provider.k8s import Kube, load_api_client
+from capi_provider.provisioner.sshpush import SshPushProvisioner
+from capi_provider.runner import BlockingRunner
 
 
 @kopf.on.startup()
@@ -32,11 +35,17 @@ async def configure(
     settings.watching.inactivity_timeout = 120
     # One ClusterKopfPeering (what the manifests ship) decides the leader even with --namespace.
     settings.peering.clusterwide = True
+    kube = Kube(load_api_client(config.kubeconfig), threads=config.api_threads)
+    credentials = CredentialStore(kube)
+    per_tenant = config.per_namespace_operations
+    provisioner = SshPushProvisioner(
+        config,
+        credentials,
+        bmc=BlockingRunner(max_workers=config.bmc_threads, per_tenant=per_tenant),
+        ssh=BlockingRunner(max_workers=config.bmc_threads, per_tenant=per_tenant),
+    )
     memo.ctx = Context(
-        settings=config,
-        kube=Kube(load_api_client(config.kubeconfig), threads=config.api_threads),
-        bmc=BmcRunner(max_workers=config.bmc_threads),
-        ssh=BmcRunner(max_workers=config.bmc_threads),
+        settings=config, kube=kube, provisioner=provisioner, credentials=credentials, events=KopfEvents()
     )
     logger.info("capi-provider-baremetal started (namespace: %s)", config.namespace or "all")
 

@@ -4,10 +4,12 @@ what its status should say. Inputs are plain facts gathered by the host controll
 
 from __future__ import annotations
 
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from capi_provider.decisions.backoff import backoff_delay
 from capi_provider.decisions.conditions import READY, now, set_condition
 
 BMC_REACHABLE = "BMCReachable"
@@ -39,23 +41,83 @@ BMC_ERRORS = {
     "TLSVerificationFailed",
     "InvalidBMCAddress",
 }
-CREDENTIAL_ERRORS = {"CredentialsRejected", "CredentialsSecretMissing"}
+CREDENTIAL_ERRORS = {"CredentialsRejected", "CredentialsSecretMissing", "CredentialsNotBound"}
 
 
 def host_state(
     consumer: bool,
     consumer_phase: ConsumerPhase | None,
     observation: BmcObservation | None,
+    quarantined: bool = False,
 ) -> str:
     """registering → available ⇄ provisioning → provisioned → deprovisioning → available; error for a free
-    host whose BMC is not usable."""
+    host whose BMC is not usable; quarantined for a host that could not be cleaned (out of the pool)."""
     if consumer:
         if consumer_phase in ("missing", "deleting"):
             return "deprovisioning"
         return "provisioned" if consumer_phase == "provisioned" else "provisioning"
+    if quarantined:
+        return "quarantined"
     if observation is None:
         return "registering"
     return "available" if observation.ok else "error"
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """Why a host is out of the pool: its last user's data may still be on it (it could not be reset and
+    cleaned as asked), or it presented another host key than the pinned one. Kept in an annotation on the
+    host (survives restarts and clusterctl move); an operator removes it to release the host by hand."""
+
+    reason: str
+    message: str
+    generation: int  # the host's spec generation when it was quarantined
+    since: str
+    cleaning: str = "metadata"  # what a later cleaning must achieve (the last consumer's mode)
+
+    def to_annotation(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: str | None) -> Quarantine | None:
+        if text is None:
+            return None
+        try:
+            d = json.loads(text)
+            cleaning = "none" if d.get("cleaning") == "none" else "metadata"
+            return cls(str(d["reason"]), str(d["message"]), int(d["generation"]), str(d["since"]), cleaning)
+        except (ValueError, KeyError, TypeError):
+            # Still quarantined: a mangled annotation must not put a dirty host back into the pool.
+            return cls("Unknown", "unreadable quarantine annotation", -1, "")
+
+
+def may_retry_cleaning(q: Quarantine, generation: int) -> bool:
+    """A host quarantined for a foreign host key is never contacted again until its spec changes (the
+    operator corrected the key, or re-imaged the server); other failures are retried with backoff."""
+    return q.reason != "HostKeyMismatch" or generation != q.generation
+
+
+def cleaning_retry_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds before the next attempt to clean a quarantined host: 1 minute doubling to an hour."""
+    return backoff_delay(attempt, base=60.0, cap=3600.0, factor=2.0, jitter=0.2, rng=rng or random.Random())
+
+
+OrphanCluster = Literal["running", "paused", "absent"]
+
+
+def orphan_action(cluster: OrphanCluster, missing_for: float, grace: float) -> Literal["clean", "wait"]:
+    """What to do with a claimed host whose machine is gone (its deletion went on while the BMC was dead,
+    its finalizer was removed by hand, or it was re-created under the same name).
+
+    A paused Cluster means `clusterctl move` (or an operator) is at work: during a move the machine is
+    deleted from one management cluster and created in the other, and the host must not be wiped meanwhile.
+    A Cluster that does not exist (yet, on a move's target; or any more) gets a grace period before the host
+    is cleaned, so the machine can arrive."""
+    if cluster == "paused":
+        return "wait"
+    if cluster == "absent" and missing_for < grace:
+        return "wait"
+    return "clean"
 
 
 def desired_free_power(online: bool, warm: bool) -> str:
@@ -79,15 +141,19 @@ class PollSchedule:
         if not ok:
             self._healthy_streak = 0
             self._error_streak += 1
-            delay = min(self.error_max, 2.0 * 2 ** min(self._error_streak - 1, 16))
-            return delay * random.uniform(0.8, 1.2)
+            return backoff_delay(
+                self._error_streak, base=2.0, cap=self.error_max, factor=2.0, jitter=0.2, rng=random.Random()
+            )
         self._error_streak = 0
         self._healthy_streak = 0 if changed else self._healthy_streak + 1
         return min(self.maximum, self.base * 2 ** min(self._healthy_streak, 16)) * random.uniform(0.9, 1.1)
 
 
 def host_conditions(
-    existing: list[dict[str, Any]] | None, observation: BmcObservation | None, generation: int | None
+    existing: list[dict[str, Any]] | None,
+    observation: BmcObservation | None,
+    generation: int | None,
+    quarantine: Quarantine | None = None,
 ) -> list[dict[str, Any]]:
     conds = existing
     if observation is None:
@@ -99,6 +165,10 @@ def host_conditions(
     if observation.ok:
         conds = set_condition(conds, BMC_REACHABLE, True, "Reachable", "", generation)
         conds = set_condition(conds, CREDENTIALS_VALID, True, "Accepted", "", generation)
+        if quarantine is not None:
+            return set_condition(
+                conds, READY, False, "Quarantined", f"{quarantine.reason}: {quarantine.message}", generation
+            )
         return set_condition(conds, READY, True, "Ready", "", generation)
     if reason in CREDENTIAL_ERRORS:
         # The BMC answered, it is our credentials that are wrong.

@@ -1,34 +1,59 @@
-"""BareMetalMachine decisions: the provisioning step table, step bookkeeping, conditions and phase.
+"""BareMetalMachine decisions: the next step, step bookkeeping, retry and blocking policy, conditions, phase.
 
-A machine goes: wait for its CAPI Machine and Cluster → claim a host → PowerOn → WaitForSSH → (wait for
-bootstrap data) → DeliverSeed → Bootstrap → Finalize (providerID, addresses, initialization.provisioned).
-Claiming and powering on do not wait for the bootstrap data, so a server's boot overlaps CAPI preparing the
-join data. Each step is recorded in status.steps with timestamps; a step that finished is never repeated,
-which is what makes the controller restartable at any point.
+A machine goes: wait for its CAPI Machine and Cluster → claim a host → the provisioner's steps (SSH push:
+PowerOn → WaitForSSH → (wait for bootstrap data) → DeliverSeed → Bootstrap) → Finalize (providerID, the
+host shows provisioned, then addresses and initialization.provisioned). Claiming and powering on do not wait
+for the bootstrap data, so a server's boot overlaps CAPI preparing the join data. Each step is recorded in
+status.steps with timestamps; a step that finished is never repeated, which is what makes the controller
+restartable at any point.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import random
 from dataclasses import dataclass
 from typing import Any
 
-from capi_provider import api
+from capi_provider.decisions.backoff import backoff_delay
 from capi_provider.decisions.conditions import PAUSED, READY, now, set_condition
+from capi_provider.provisioner.base import StepSpec
 
 HOST_CLAIMED = "HostClaimed"
 PROVISIONED = "Provisioned"
-
-STEPS = ("PowerOn", "WaitForSSH", "DeliverSeed", "Bootstrap")
 
 # Reasons (CamelCase, on the conditions; CAPI mirrors Ready into the Machine's InfrastructureReady).
 WAITING_FOR_MACHINE = "WaitingForMachineOwner"
 WAITING_FOR_CLUSTER = "WaitingForClusterInfrastructure"
 WAITING_FOR_HOST = "WaitingForHost"
 WAITING_FOR_BOOTSTRAP = "WaitingForBootstrapData"
+WAITING_FOR_HOST_STATE = "WaitingForHostStatus"
 HOST_DELETED = "HostDeleted"
+HOST_NOT_OWNED = "HostNotOwned"
 BOOTSTRAP_FAILED = "BootstrapFailed"
+SEED_TEMPLATE_INVALID = "SeedTemplateInvalid"
 DELETING = "Deleting"
+FINALIZE = "Finalize"
+
+# Failures that retrying cannot fix: the machine stops (condition, event) until its host's spec changes.
+# A host presenting another host key may be another machine or an attacker: nothing more is sent to it.
+# Bad bootstrap data or seed templates need their author, not another attempt.
+BLOCKING_REASONS = frozenset(
+    {
+        "HostKeyMismatch",
+        BOOTSTRAP_FAILED,
+        SEED_TEMPLATE_INVALID,
+        "BootstrapDataRejected",
+        "UnsupportedBootstrapFormat",
+        HOST_NOT_OWNED,
+    }
+)
+
+
+def step_retry_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds before retrying a failed step (attempt 1, 2, ...): 15 s doubling to 5 min, jittered, so a
+    BMC or network that stays down is not retried in a tight loop, nor a rack in lockstep."""
+    return backoff_delay(attempt, base=15.0, cap=300.0, factor=2.0, jitter=0.2, rng=rng or random.Random())
 
 
 @dataclass(frozen=True)
@@ -40,18 +65,18 @@ class Facts:
     provider_id_set: bool
 
 
-def next_step(facts: Facts) -> str:
+def next_step(steps: tuple[StepSpec, ...], facts: Facts) -> str:
     """The next thing to do for a machine that holds a host: a step name, WaitForBootstrapData, or Finalize
     (when provisioned already, Finalize only re-asserts status, which is idempotent)."""
     if facts.provider_id_set:
-        return "Finalize"
-    for step in STEPS:
-        if step in facts.steps_done:
+        return FINALIZE
+    for step in steps:
+        if step.name in facts.steps_done:
             continue
-        if step == "DeliverSeed" and not facts.bootstrap_data_ready:
+        if step.needs_seed and not facts.bootstrap_data_ready:
             return WAITING_FOR_BOOTSTRAP
-        return step
-    return "Finalize"
+        return step.name
+    return FINALIZE
 
 
 def steps_done(steps: list[dict[str, Any]] | None) -> frozenset[str]:
@@ -81,12 +106,6 @@ def finish_step(steps: list[dict[str, Any]] | None, name: str, message: str = ""
     return out
 
 
-def provider_id(namespace: str, host: str, machine_uid: str) -> str:
-    """baremetal://<namespace>/<host>/<machine uid>: readable, and its last segment (what the autoscaler
-    matches nodes on) is unique cluster-wide."""
-    return f"{api.PROVIDER_ID_SCHEME}://{namespace}/{host}/{machine_uid}"
-
-
 def machine_addresses(hostname: str, ssh_address: str, nic_ips: list[str]) -> list[dict[str, str]]:
     out = [{"type": "Hostname", "address": hostname}]
     seen = set()
@@ -109,9 +128,8 @@ def phase_for(reason: str, provisioned: bool) -> str:
         WAITING_FOR_HOST: "WaitingForHost",
         WAITING_FOR_CLUSTER: "Pending",
         WAITING_FOR_MACHINE: "Pending",
-        BOOTSTRAP_FAILED: "Failed",
         HOST_DELETED: "Failed",
-        "HostKeyMismatch": "Failed",
+        **dict.fromkeys(BLOCKING_REASONS, "Failed"),
         DELETING: "Deprovisioning",
         "Paused": "Paused",
     }.get(reason, "Provisioning")

@@ -31,8 +31,11 @@ from capi_provider.ssh.keys import PublicKey, fingerprint, load_private_key, par
 log = logging.getLogger(__name__)
 
 _CHUNK = 65536
-# Output beyond this is dropped (the start is kept): a runaway command must not exhaust controller memory.
-MAX_OUTPUT = 16 * 1024 * 1024
+# Only the last this-many bytes of each output stream are kept: what a caller needs is the end (an error, a
+# marker line), and a runaway command must not grow controller memory with every host it runs on.
+MAX_OUTPUT = 64 * 1024
+# A kept connection whose peer vanished (power cut) must be noticed: keepalives every this many seconds.
+KEEPALIVE_S = 15
 
 
 class CommandResult(NamedTuple):
@@ -143,6 +146,9 @@ class HostShell:
         except BaseException:
             client.close()
             raise
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(KEEPALIVE_S)
         log.debug("ssh connected to %s as %s (host key %s)", where, user, pinned.fingerprint)
         return cls(client, address, port, pinned.fingerprint)
 
@@ -164,6 +170,8 @@ class HostShell:
                 f"cannot open a session on {self.address}:{self.port}: {_describe(e)}", **self._where()
             ) from None
         started = time.monotonic()
+        # Blocking sends and receives on the channel never outlast the command's own deadline.
+        chan.settimeout(max(0.1, deadline - time.monotonic()))
         try:
             chan.exec_command(command)
             result = self._pump(chan, command, stdin or b"", deadline, timeout)
@@ -322,9 +330,9 @@ def _hostkey_name(address: str, port: int) -> str:
 
 
 def _append(buf: bytearray, data: bytes) -> None:
-    room = MAX_OUTPUT - len(buf)
-    if room > 0:
-        buf += data[:room]
+    buf += data
+    if len(buf) > MAX_OUTPUT:
+        del buf[: len(buf) - MAX_OUTPUT]
 
 
 def _transport_dead(chan: paramiko.Channel) -> bool:

@@ -27,6 +27,7 @@ log = logging.getLogger("lab.hostlab")
 
 GROUP_VERSION = "infrastructure.cluster.x-k8s.io/v1alpha1"
 SSH_KEY_SECRET = "lab-provider-ssh"
+REDFISH_CA_CONFIGMAP = "lab-redfish-ca"
 
 
 @dataclass(frozen=True)
@@ -225,8 +226,8 @@ class HostLab:
                 "bmc": {
                     "address": m.bmc_address,
                     "credentialsName": f"{m.name}-bmc",
-                    # The lab's Redfish endpoint has a self-signed certificate, like most BMCs.
-                    **({"disableCertificateVerification": True} if m.protocol == "redfish" else {}),
+                    # The lab's Redfish endpoint has a certificate from the lab's own CA: verified against it.
+                    **({"caBundleName": REDFISH_CA_CONFIGMAP} if m.protocol == "redfish" else {}),
                 },
                 "ssh": {
                     "address": m.ssh_address,
@@ -241,24 +242,54 @@ class HostLab:
             },
         }
 
-    def credentials_secret(self, m: LabMachine, password: str | None = None) -> dict[str, Any]:
+    def credentials_secret(
+        self, m: LabMachine, password: str | None = None, host_uid: str | None = None
+    ) -> dict[str, Any]:
+        """The host's BMC credentials, bound to it by an ownerReference (the provider uses a credentials
+        Secret only for the hosts it is bound to). `host_uid` defaults to the registered host's."""
+        uid = host_uid or self.host_uids(m.namespace)[m.name]
         return {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": f"{m.name}-bmc", "namespace": m.namespace},
+            "metadata": {
+                "name": f"{m.name}-bmc",
+                "namespace": m.namespace,
+                "ownerReferences": [
+                    {"apiVersion": GROUP_VERSION, "kind": "BareMetalHost", "name": m.name, "uid": uid}
+                ],
+            },
             "stringData": {"username": m.bmc_user, "password": password or m.bmc_password},
         }
 
-    def register(self, m: LabMachine, online: bool = False) -> None:
-        self.apply(self.credentials_secret(m), self.host_object(m, online))
+    def host_uids(self, namespace: str) -> dict[str, str]:
+        jsonpath = 'jsonpath={range .items[*]}{.metadata.name}={.metadata.uid}{" "}{end}'
+        out = self.cluster.kubectl("get", "baremetalhosts", "-n", namespace, "-o", jsonpath).stdout
+        return dict(line.split("=", 1) for line in out.split() if "=" in line)
 
-    def register_many(self, machines: list[LabMachine], batch: int = 50) -> None:
+    def register(self, m: LabMachine, online: bool = False) -> None:
+        """As an operator does it: the host, then its credentials Secret owned by it."""
+        self.register_many([m], online=online)
+
+    def register_many(self, machines: list[LabMachine], batch: int = 50, online: bool = False) -> None:
         """Register many hosts with few API round trips (a rack at once)."""
         for i in range(0, len(machines), batch):
-            docs: list[dict[str, Any]] = []
-            for m in machines[i : i + batch]:
-                docs += [self.credentials_secret(m), self.host_object(m)]
-            self.apply(*docs)
+            chunk = machines[i : i + batch]
+            if any(m.protocol == "redfish" for m in chunk):
+                for ns in {m.namespace for m in chunk if m.protocol == "redfish"}:
+                    self.apply(self.redfish_ca_configmap(ns))
+            self.apply(*(self.host_object(m, online) for m in chunk))
+            uids: dict[str, dict[str, str]] = {}
+            for ns in {m.namespace for m in chunk}:
+                uids[ns] = self.host_uids(ns)
+            self.apply(*(self.credentials_secret(m, host_uid=uids[m.namespace][m.name]) for m in chunk))
+
+    def redfish_ca_configmap(self, namespace: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": REDFISH_CA_CONFIGMAP, "namespace": namespace},
+            "data": {"ca.crt": self._redfish().certificates.ca_pem.decode()},
+        }
 
     def set_fault(self, name: str, mode: str, **kw: Any) -> None:
         self.fleet.set_fault(name, mode, **kw)  # type: ignore[arg-type]

@@ -66,7 +66,8 @@ def test_wrong_password_is_reported_without_leaking_and_a_fixed_secret_recovers(
     ns = namespace
     m = lab.hosts.add_host("cred", namespace=ns, register=False)
     wrong = "Wr0ng-S3cret-do-not-log"
-    lab.hosts.apply(lab.hosts.credentials_secret(m, password=wrong), lab.hosts.host_object(m))
+    lab.hosts.apply(lab.hosts.host_object(m))
+    lab.hosts.apply(lab.hosts.credentials_secret(m, password=wrong))
 
     def rejected() -> dict | None:
         h = _host(lab, ns, "cred")

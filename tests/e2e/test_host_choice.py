@@ -131,7 +131,8 @@ def test_wrong_pinned_host_key_stops_provisioning_before_any_data_is_sent(lab: L
     # Pin another host's key: whatever answers at impostor's address is not the server we registered.
     obj = lab.hosts.host_object(m)
     obj["spec"]["ssh"]["hostKey"] = other.host.host_public_key
-    lab.hosts.apply(lab.hosts.credentials_secret(m), obj)
+    lab.hosts.apply(obj)
+    lab.hosts.apply(lab.hosts.credentials_secret(m))
     lab.wait_hosts_available_in(ns, 1)
     _cluster(lab, ns)
     _deployment(lab, ns, "md", replicas=1)

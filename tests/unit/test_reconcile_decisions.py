@@ -7,6 +7,8 @@ import random
 from capi_provider.decisions import host as h
 from capi_provider.decisions import machine as m
 from capi_provider.decisions.conditions import get_condition, same_ignoring_time, set_condition
+from capi_provider.decisions.ownership import provider_id
+from capi_provider.provisioner.sshpush import STEPS
 
 
 def test_host_states_follow_claims_and_the_bmc() -> None:
@@ -75,7 +77,7 @@ def test_condition_transition_time_moves_only_on_status_change() -> None:
 
 def test_machine_step_table() -> None:
     def nxt(done: set[str], data: bool = True, pid: bool = False) -> str:
-        return m.next_step(m.Facts(frozenset(done), data, pid))
+        return m.next_step(STEPS, m.Facts(frozenset(done), data, pid))
 
     assert nxt(set()) == "PowerOn"
     assert nxt({"PowerOn"}) == "WaitForSSH"
@@ -84,7 +86,7 @@ def test_machine_step_table() -> None:
     assert nxt({"PowerOn", "WaitForSSH"}, data=False) == m.WAITING_FOR_BOOTSTRAP
     assert nxt({"PowerOn", "WaitForSSH"}) == "DeliverSeed"
     assert nxt({"PowerOn", "WaitForSSH", "DeliverSeed"}) == "Bootstrap"
-    assert nxt(set(m.STEPS)) == "Finalize"
+    assert nxt({s.name for s in STEPS}) == "Finalize"
     # After clusterctl move there is no status, but the providerID says it is done.
     assert nxt(set(), pid=True) == "Finalize"
 
@@ -100,7 +102,7 @@ def test_steps_are_recorded_with_timestamps_and_restarts_reset_a_step() -> None:
 
 
 def test_provider_id_last_segment_is_the_machine_uid() -> None:
-    pid = m.provider_id("ns1", "rack1-srv07", "0b6e-uid")
+    pid = provider_id("ns1", "rack1-srv07", "0b6e-uid")
     assert pid == "baremetal://ns1/rack1-srv07/0b6e-uid"
     assert pid.rsplit("/", 1)[1] == "0b6e-uid"
 

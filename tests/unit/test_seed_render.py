@@ -104,8 +104,8 @@ def test_operator_override_replaces_one_file() -> None:
 
 
 def test_undefined_variables_are_errors_not_empty_strings() -> None:
-    with pytest.raises(SeedTemplateError, match=r"meta-data.*hostnme"):
-        render_seed(inputs(), {"meta-data": "local-hostname: {{ hostnme }}\n"})
+    with pytest.raises(SeedTemplateError, match=r"^seed template meta-data line 2: UndefinedError$"):
+        render_seed(inputs(), {"meta-data": "instance-id: x\nlocal-hostname: {{ hostnme }}\n"})
 
 
 def test_templates_are_sandboxed() -> None:
