@@ -326,6 +326,10 @@ async def host_daemon(
         )
     finally:
         ctx.state.forget_host(key)
+        spec = host_record(body).spec
+        for name in (spec.bmc.credentialsName, spec.ssh.privateKeySecretName, spec.bmc.caBundleName):
+            if name:  # read again if another host needs it
+                ctx.credentials.forget(key.namespace, name)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.HOSTS, id="host-changed")

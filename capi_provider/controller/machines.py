@@ -175,8 +175,17 @@ class MachineReconciler:
             host = await self.claim(machine, cluster_name)
             if host is None:
                 return LONG
-        elif not (self.body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION):
-            await self.annotate({api.HOST_ANNOTATION: str(host.key)})
+        else:
+            if self.owner.claim_on(host) is Claim.MOVED:
+                try:
+                    host = await claims.restamp(self.ctx, host, self.owner)
+                except OwnershipLost as e:
+                    return self.host_not_owned(e.message)
+                self.ctx.events.info(
+                    self.body, "ClaimRestamped", f"BareMetalHost {host.key.name}: claim moved here"
+                )
+            if not (self.body["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION):
+                await self.annotate({api.HOST_ANNOTATION: str(host.key)})
         return await self.provision(host, machine, cluster_name)
 
     def host_not_owned(self, message: str) -> float:
