@@ -69,7 +69,7 @@ def test_a_host_whose_machine_is_gone_is_cleaned_and_released(w: World) -> None:
 
 
 def test_a_paused_cluster_keeps_a_missing_machines_host_untouched(w: World) -> None:
-    """clusterctl move pauses the Cluster and deletes machines on one side before creating them on the other."""
+    """clusterctl move pauses the Cluster, deletes machines on one side and creates them on the other."""
     w.cluster("moving", paused=True)
     w.host("h1", state="provisioned", consumer=consumer(cluster="moving"))
     w.provisioner.servers[w.key("h1")].power = PowerState.ON
