@@ -50,7 +50,11 @@ _BOOTSTRAP_NODE_RBAC: list[dict[str, Any]] = [
 ]
 
 
-PROVIDER_USER = "capi-provider-baremetal"
+PROVIDER_NAMESPACE = "capi-provider-baremetal-system"
+PROVIDER_SA = "capi-provider-baremetal-manager"
+# The provider runs as its ServiceAccount (a token from the TokenRequest API), as in a pod: the RBAC, the
+# claims admission policy and the audit log all see exactly the identity the release manifests install.
+PROVIDER_USER = f"system:serviceaccount:{PROVIDER_NAMESPACE}:{PROVIDER_SA}"
 
 
 @dataclass
@@ -153,51 +157,33 @@ class Lab:
         ).start()
 
     def install_provider_rbac(self) -> None:
-        """The provider runs with exactly the RBAC it ships (config/rbac), bound to its own identity, so every
-        test also proves the manifests grant enough and nothing more is needed; plus kopf's peering
-        objects, since the lab runs it with leader election on, as the Deployment does."""
-        docs: list[dict[str, Any]] = []
-        for kustomization in ("config/rbac", "config/peering"):
-            out = self.cluster.kubectl("kustomize", str(REPO_DIR / kustomization)).stdout
-            docs += [d for d in yaml.safe_load_all(out) if d and d["kind"] != "ServiceAccount"]
-        docs.append(
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": "lab:capi-provider-baremetal"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "capi-provider-baremetal-manager-role",
-                },
-                "subjects": [
-                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROVIDER_USER}
-                ],
-            }
-        )
+        """Everything `clusterctl init --infrastructure baremetal` installs (config/default: Namespace,
+        ServiceAccount, RBAC, CRDs, peering, the claims admission policy) except the Deployment and its
+        Service, which need a kubelet: the provider runs as a process under that ServiceAccount, so every test
+        also proves the manifests grant enough and nothing more is needed."""
+        out = self.cluster.kubectl("kustomize", str(REPO_DIR / "config" / "default")).stdout
+        docs = [d for d in yaml.safe_load_all(out) if d and d["kind"] not in ("Deployment", "Service")]
         crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
         self.cluster.apply_docs(crds)
         self.cluster.kubectl(
             "wait", "--for=condition=Established", "crd", *(d["metadata"]["name"] for d in crds)
         )
-        # The ServiceAccount's binding points into a namespace the lab does not use; drop it, keep the rest.
-        self.cluster.apply_docs(
-            [
-                d
-                for d in docs
-                if d["kind"] not in ("CustomResourceDefinition",)
-                and not (
-                    d["kind"] == "ClusterRoleBinding"
-                    and d["metadata"]["name"] == "capi-provider-baremetal-manager-rolebinding"
-                )
-            ]
+        self.cluster.apply_docs([d for d in docs if d["kind"] != "CustomResourceDefinition"])
+
+    def provider_kubeconfig(self, name: str = "provider") -> Path:
+        """A kubeconfig with a fresh token of the provider's ServiceAccount."""
+        token = self.cluster.kubectl(
+            "create", "token", PROVIDER_SA, "-n", PROVIDER_NAMESPACE, "--duration=48h"
+        ).stdout.strip()
+        return self.cluster.write_kubeconfig(
+            self.config.workdir / f"{name}.kubeconfig", PROVIDER_USER, token=token
         )
 
     def start_provider(self, extra_env: dict[str, str] | None = None) -> Proc:
         self.provider_health_port = free_port()
         # Its own identity (no system:masters): only the shipped RBAC lets it act, and the apiserver's audit
         # log (benchmarks) tells its requests apart.
-        kubeconfig = self.cluster.client_kubeconfig(PROVIDER_USER)
+        kubeconfig = self.provider_kubeconfig()
         env = {
             "PYTHONPATH": str(REPO_DIR),
             "PYTHONUNBUFFERED": "1",

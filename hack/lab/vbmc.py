@@ -194,6 +194,8 @@ class VirtualBmc(pyghmi_bmc.Bmc):
         # Not calling IpmiServer.__init__ on purpose (see the module docstring); these are the attributes
         # pyghmi's server code reads.
         self.machine = machine
+        # Every command that changes the machine, in order: what a BMC's event log would show.
+        self.actions: list[str] = []
         self.fault = Fault()
         self._users: dict[str, str] = {username: password}
         self._rng = rng or random.Random()
@@ -251,17 +253,21 @@ class VirtualBmc(pyghmi_bmc.Bmc):
         return "on" if self.machine.is_powered_on() else "off"
 
     def power_on(self) -> None:
+        self.actions.append("power on")
         self.machine.power_on()
 
     def power_off(self) -> None:
+        self.actions.append("power off")
         self.machine.power_off()
 
     def power_shutdown(self) -> None:
         # Soft off: a simulated machine has no ACPI, so the OS "shuts down" at once.
+        self.actions.append("power soft")
         self.machine.power_off()
 
     def power_cycle(self) -> int | None:
         # As on real BMCs, cycling or resetting a machine that is off is refused, not turned into "on".
+        self.actions.append("power cycle")
         if not self.machine.is_powered_on():
             return _CC_NOT_IN_PRESENT_STATE
         self.machine.power_cycle()
@@ -274,6 +280,7 @@ class VirtualBmc(pyghmi_bmc.Bmc):
         return self.machine.get_boot_device()
 
     def set_boot_device(self, bootdevice: str) -> None:
+        self.actions.append(f"bootdev {bootdevice}")
         device = _BOOT_FROM_IPMI.get(bootdevice)
         if device is None:
             raise NotImplementedError(f"boot device {bootdevice!r}")  # pyghmi replies "invalid command"

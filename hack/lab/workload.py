@@ -176,11 +176,19 @@ runcmd:
 """
 
 
-def bootstrap_data_secret(name: str, namespace: str, cloud_config: str = SENTINEL_ONLY) -> dict[str, Any]:
+def bootstrap_data_secret(
+    name: str, namespace: str, cloud_config: str = SENTINEL_ONLY, cluster: str = "c1"
+) -> dict[str, Any]:
+    """User-provided join data, shaped as CAPI's own (type, cluster label, explicit format): the provider
+    delivers nothing else."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"cluster.x-k8s.io/cluster-name": cluster},
+        },
         "type": "cluster.x-k8s.io/secret",
         "stringData": {"value": cloud_config, "format": "cloud-config"},
     }

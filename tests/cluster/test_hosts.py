@@ -72,7 +72,8 @@ def test_wrong_password_is_reported_without_leaking_and_a_fixed_secret_recovers(
     def rejected() -> dict | None:
         h = _host(lab, ns, "cred")
         c = condition(h, "CredentialsValid")
-        return h if c and c["status"] == "False" else None
+        # (CredentialsSecretMissing first, possibly: the Secret is created after the host it is bound to.)
+        return h if c and c["status"] == "False" and c["reason"] == "CredentialsRejected" else None
 
     h = eventually("CredentialsValid=False", rejected, timeout=60)
     c = condition(h, "CredentialsValid")

@@ -3,12 +3,14 @@ active one goes away (as during a rolling restart of the Deployment)."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
+import urllib.request
 
 import pytest
-from lab.lab import PROVIDER_USER, Lab
+from lab.lab import Lab
 from lab.procs import Proc, free_port, http_ok, wait_until
 from lab.tools import REPO_DIR
 
@@ -30,7 +32,7 @@ def test_only_one_replica_is_active_and_the_other_takes_over(lab: Lab, namespace
             sys.executable,
             "-m",
             "capi_provider",
-            f"--kubeconfig={lab.cluster.client_kubeconfig(PROVIDER_USER)}",
+            f"--kubeconfig={lab.provider_kubeconfig('provider-2')}",
             f"--health-port={port}",
         ],
         lab.logs,
@@ -51,12 +53,21 @@ def test_only_one_replica_is_active_and_the_other_takes_over(lab: Lab, namespace
             timeout=90,
         )
         eventually("the new replica active", lambda: RESUMED.search(newer.log_path.read_text()), timeout=90)
+        paused_before = _api_calls(lab.provider_health_port, after=time.time())
+        active_before = _api_calls(port, after=time.time())
         lab.hosts.add_host("le0", namespace=namespace)
         eventually(
             "host registered by the active replica",
             lambda: _state(lab, namespace, "le0") == "available",
             timeout=90,
         )
+        registered = time.time()
+        # Exclusivity, from the replicas' own request counters sampled after the registration: the new
+        # host's status was written by the active replica, and the paused one made no API request at all.
+        status_writes = "patch baremetalhosts/status"
+        active_after = _api_calls(port, after=registered)
+        assert active_after.get(status_writes, 0) > active_before.get(status_writes, 0)
+        assert _api_calls(lab.provider_health_port, after=registered) == paused_before
 
         # The active replica stops (SIGTERM, as in a rolling restart): the paused one resumes and works.
         mark = len(lab_replica.log_path.read_text())
@@ -73,6 +84,18 @@ def test_only_one_replica_is_active_and_the_other_takes_over(lab: Lab, namespace
     finally:
         newer.stop()
         time.sleep(1)
+
+
+def _api_calls(port: int, after: float) -> dict[str, int]:
+    """The replica's count of API requests per verb and resource (its liveness endpoint's apiCalls probe),
+    from a sample taken after `after` (kopf caches probe results for a few seconds)."""
+
+    def sample() -> dict | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            probes = json.load(r)
+        return probes if probes.get("sampledAt", 0) > after else None
+
+    return dict(eventually("a fresh probe sample", sample, timeout=30)["apiCalls"] or {})
 
 
 def _state(lab: Lab, ns: str, name: str) -> str | None:

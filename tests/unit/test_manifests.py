@@ -39,6 +39,8 @@ CLUSTER_SCOPED = {
     "ClusterRole",
     "ClusterRoleBinding",
     "ClusterKopfPeering",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 }
 
 
@@ -146,6 +148,20 @@ def test_exactly_one_namespace_and_every_namespaced_object_in_it(components: lis
     assert {(s["name"], s["namespace"]) for s in binding["subjects"]} == {
         ("capi-provider-baremetal-manager", NAMESPACE)
     }
+
+
+def test_the_claims_policy_trusts_exactly_the_installed_service_account(
+    components: list[dict[str, Any]],
+) -> None:
+    """The admission policy names the provider's identity in a CEL string kustomize cannot rewrite: it must
+    be the ServiceAccount the Deployment runs as, in the namespace it is installed in, and bound."""
+    policy = one(components, "ValidatingAdmissionPolicy")
+    sa = one(components, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    provider = next(v for v in policy["spec"]["variables"] if v["name"] == "provider")["expression"]
+    assert f"'system:serviceaccount:{NAMESPACE}:{sa}'" in " ".join(provider.split())
+    binding = one(components, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
 
 
 def test_every_object_carries_the_clusterctl_provider_label(components: list[dict[str, Any]]) -> None:
