@@ -114,6 +114,74 @@ def components(kubectl: str | None = None, version: str | None = None) -> str:
     return header + text
 
 
+WATCH_NAMESPACE_VAR = "${BAREMETAL_WATCH_NAMESPACE}"
+NAMESPACED_COMPONENTS_FILE = "infrastructure-components-namespaced.yaml"
+# Cluster-scoped things the controller needs even when it watches one namespace: its peering object (leader
+# election is always cluster-wide) and the CRDs kopf follows.
+_CLUSTER_SCOPED_RESOURCES = {"clusterkopfpeerings", "customresourcedefinitions", "namespaces"}
+
+
+def namespaced_components(text: str) -> str:
+    """The same installation for a controller that watches one namespace (`--namespace`): its rights on
+    namespaced resources (Secrets among them) become a Role and RoleBinding in that namespace, and only what
+    must be cluster-wide stays in a small ClusterRole. The namespace is a clusterctl variable."""
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    out: list[dict[str, Any]] = []
+    for d in docs:
+        name = d["metadata"]["name"]
+        if d["kind"] == "ClusterRole" and name == "capi-provider-baremetal-manager-role":
+            cluster, local = [], []
+            for r in d["rules"]:
+                # Namespaces are listed only to follow namespace globs; one watched namespace has none.
+                wide = [x for x in r["resources"] if x in _CLUSTER_SCOPED_RESOURCES and x != "namespaces"]
+                narrow = [x for x in r["resources"] if x not in _CLUSTER_SCOPED_RESOURCES]
+                cluster += [{**r, "resources": wide}] if wide else []
+                local += [{**r, "resources": narrow}] if narrow else []
+            meta = {"labels": d["metadata"].get("labels", {})}
+            out.append(
+                {
+                    **d,
+                    "metadata": {**meta, "name": "capi-provider-baremetal-manager-clusterwide"},
+                    "rules": cluster,
+                }
+            )
+            out.append(
+                {
+                    "apiVersion": d["apiVersion"],
+                    "kind": "Role",
+                    "metadata": {**meta, "name": name, "namespace": WATCH_NAMESPACE_VAR},
+                    "rules": local,
+                }
+            )
+        elif d["kind"] == "ClusterRoleBinding" and name == "capi-provider-baremetal-manager-rolebinding":
+            meta = {"labels": d["metadata"].get("labels", {})}
+            out.append(
+                {
+                    **d,
+                    "metadata": {**meta, "name": "capi-provider-baremetal-manager-clusterwide"},
+                    "roleRef": {**d["roleRef"], "name": "capi-provider-baremetal-manager-clusterwide"},
+                }
+            )
+            out.append(
+                {
+                    **d,
+                    "kind": "RoleBinding",
+                    "metadata": {**meta, "name": name, "namespace": WATCH_NAMESPACE_VAR},
+                    "roleRef": {**d["roleRef"], "kind": "Role"},
+                }
+            )
+        else:
+            if d["kind"] == "Deployment":
+                [manager] = [c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "manager"]
+                manager["args"] = [*manager["args"], f"--namespace={WATCH_NAMESPACE_VAR}"]
+            out.append(d)
+    return (
+        "# capi-provider-baremetal watching one namespace, ${BAREMETAL_WATCH_NAMESPACE}: rights on Secrets\n"
+        "# and everything namespaced only there (a Role). Rendered by hack/release.py; docs/security.md.\n"
+        + yaml.safe_dump_all(out, sort_keys=False)
+    )
+
+
 def metadata(version: str | None = None) -> str:
     major, minor, _ = (version or project_version()).split(".", 2)
     doc = {
@@ -167,6 +235,7 @@ def release(out: Path, kubectl: str | None = None) -> Path:
         shutil.rmtree(vdir)  # a flavor removed from flavors/ must not linger in the release
     vdir.mkdir(parents=True)
     (vdir / COMPONENTS_FILE).write_text(comps)
+    (vdir / NAMESPACED_COMPONENTS_FILE).write_text(namespaced_components(comps))
     (vdir / "metadata.yaml").write_text(metadata(version))
     for template in sorted(flavorgen.FLAVORS_DIR.glob("cluster-template*.yaml")):
         shutil.copyfile(template, vdir / template.name)

@@ -17,6 +17,11 @@ from lab.cluster import ManagementCluster
 from lab.lab import Lab, LabConfig
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`audit` tests look at what the whole session left behind: they run last."""
+    items.sort(key=lambda item: item.get_closest_marker("audit") is not None)
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     workdir = Path(os.environ.get("LAB_WORKDIR") or tmp_path_factory.mktemp("lab"))

@@ -415,7 +415,7 @@ class BareMetalMachineSpec:
     )
     seedTemplatesRef: LocalObjectRef | None = api_field(
         "A ConfigMap with keys `user-data`, `meta-data` and/or `network-config` holding Jinja2 templates "
-        "that replace the built-in NoCloud seed templates (see docs/templates.md).",
+        "that replace the built-in NoCloud seed templates (see docs/seed-templates.md).",
         default=None,
     )
 

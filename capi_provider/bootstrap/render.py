@@ -70,7 +70,7 @@ class HostInput:
 
 @dataclass(frozen=True)
 class SeedInputs:
-    """Everything a seed template may use. Documented in docs/templates.md."""
+    """Everything a seed template may use. Documented in docs/seed-templates.md."""
 
     bootstrap_data: str
     instance_id: str

@@ -36,6 +36,8 @@ _CAPI_COMPONENTS = {
 
 SERVICE_CIDR = "10.96.0.0/24"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
+# Lab CAPI managers authenticate with client certificates in this group (bound to cluster-admin).
+CAPI_MANAGERS_GROUP = "lab:capi-managers"
 
 
 @dataclass
@@ -335,13 +337,38 @@ class ManagementCluster:
 
     def _start_capi_managers(self) -> None:
         names = ["core", "bootstrap"] + (["controlplane"] if self.options.control_plane_provider else [])
+        # Each manager under an identity of its own, as in a real management cluster (a ServiceAccount, never
+        # system:masters): admission policies that tell identities apart see CAPI as CAPI. Their rights are
+        # cluster-admin's here; CAPI's own roles are not what this lab tests.
+        self.apply_docs(
+            [
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": "lab:capi-managers"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "cluster-admin",
+                    },
+                    "subjects": [
+                        {
+                            "apiGroup": "rbac.authorization.k8s.io",
+                            "kind": "Group",
+                            "name": CAPI_MANAGERS_GROUP,
+                        }
+                    ],
+                }
+            ]
+        )
         for comp in names:
             _, binary, _ = _CAPI_COMPONENTS[comp]
+            kubeconfig = self.client_kubeconfig(f"lab:capi-{comp}", groups=(CAPI_MANAGERS_GROUP,))
             self.procs[f"capi-{comp}"] = Proc(
                 f"capi-{comp}",
                 [
                     tool(binary),
-                    f"--kubeconfig={self.kubeconfig}",
+                    f"--kubeconfig={kubeconfig}",
                     "--leader-elect=false",
                     f"--webhook-port={self.ports[f'capi-{comp}-webhook']}",
                     f"--webhook-cert-dir={self.pki / 'webhook-serving'}",

@@ -419,7 +419,12 @@ def test_release_writes_a_clusterctl_local_repository(tmp_path: Path) -> None:
     version = f"v{release.project_version()}"
     assert vdir == tmp_path / "infrastructure-baremetal" / version
     assert sorted(p.name for p in vdir.iterdir()) == sorted(
-        ["infrastructure-components.yaml", "metadata.yaml", *flavorgen.render_all()]
+        [
+            "infrastructure-components.yaml",
+            release.NAMESPACED_COMPONENTS_FILE,
+            "metadata.yaml",
+            *flavorgen.render_all(),
+        ]
     )
     for name, text in flavorgen.render_all().items():
         assert (vdir / name).read_text() == text
@@ -749,3 +754,31 @@ def test_dockerignore_admits_only_the_package_and_its_metadata() -> None:
     ]
     assert lines[0] == "*"
     assert {line for line in lines if line.startswith("!")} == {"!pyproject.toml", "!capi_provider/"}
+
+
+def test_the_namespaced_install_grants_namespaced_rights_only_in_the_watched_namespace(
+    components_text: str,
+) -> None:
+    docs = docs_of(release.namespaced_components(components_text))
+    ns = release.WATCH_NAMESPACE_VAR
+    role = one(docs, "Role", "capi-provider-baremetal-manager-role")
+    assert role["metadata"]["namespace"] == ns
+    clusterwide = one(docs, "ClusterRole", "capi-provider-baremetal-manager-clusterwide")
+    assert {r for rule in clusterwide["rules"] for r in rule["resources"]} == {
+        "clusterkopfpeerings",
+        "customresourcedefinitions",
+    }
+    assert not [
+        d
+        for d in docs
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "capi-provider-baremetal-manager-role"
+    ]
+    binding = one(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == ns and binding["roleRef"]["kind"] == "Role"
+    assert {(s["name"], s["namespace"]) for s in binding["subjects"]} == {
+        ("capi-provider-baremetal-manager", NAMESPACE)
+    }
+    assert f"--namespace={ns}" in manager_container(docs)["args"]
+    # Every API call the controller makes is still granted, by the Role (namespaced) or the small ClusterRole.
+    for verb, group, resource in _kube_calls():
+        assert verb in granted(role["rules"], group, resource), (verb, group, resource)
