@@ -434,6 +434,7 @@ async def deprovision_machine(
         )
     else:
         ctx.events.info(body, "Deprovisioned", f"{host.key.name}: {', '.join(outcome.notes)}; released")
+    logger.info("%s: %s: %s", key, host.key.name, ", ".join(outcome.notes))
 
 
 def quarantine_for(problem: tuple[str, str] | None, generation: int, cleaning: str) -> Quarantine | None:

@@ -273,7 +273,8 @@ def _pool(name: str, **extra: Any) -> dict[str, Any]:
 
 BOMBS = {
     "repeat": "#cloud-config\n{{ 'x' * 2**31 }}\n",
-    "power": "#cloud-config\n{{ 9**9**9 }}\n",
+    # (jinja's ** is left-associative: 9**9**9 is (9**9)**9, a mere 78 digits)
+    "power": "#cloud-config\n{{ 99 ** 99999999 }}\n",
     "loops": "#cloud-config\n{% for i in range(99999) %}{% for j in range(99999) %}xx{% endfor %}"
     "{% endfor %}\n",
 }

@@ -126,3 +126,14 @@ def test_errors_never_echo_the_bootstrap_data() -> None:
 def test_unknown_override_keys_are_an_error_not_silently_ignored() -> None:
     with pytest.raises(SeedTemplateError, match="userdata"):
         render_seed(inputs(), {"userdata": "#cloud-config\n"})
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    ["{{ 'x' * 2**31 }}", "{{ [1] * 10**9 }}", "{{ 99 ** 99999999 }}", "{{ range(10**9) | list | length }}"],
+)
+def test_expressions_that_would_exhaust_the_controller_are_refused(bomb: str) -> None:
+    with pytest.raises(SeedTemplateError) as e:
+        render_seed(inputs(), {"user-data": "#cloud-config\n" + bomb + "\n"})
+    assert e.value.file == "user-data" and e.value.line == 2
+    assert e.value.kind in ("OverflowError", "SecurityError")
