@@ -154,6 +154,10 @@ class MachineReconciler:
         self.status["conditions"] = m.paused_condition(self.status.get("conditions"), paused, self.generation)
         if paused:
             self.status["phase"] = "Paused"
+            if (self.body["metadata"].get("annotations") or {}).get(BLOCK_MOVE):
+                # clusterctl move waits for this to go: a paused machine runs no step, whatever state it
+                # stopped in (a machine stuck in a failure must not block the move forever).
+                await self.annotate({BLOCK_MOVE: None})
             return LONG
         if (
             not ((cluster or {}).get("status") or {})

@@ -114,7 +114,13 @@ class HostLab:
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": SSH_KEY_SECRET, "namespace": namespace},
+                # Shared by every host of the namespace (no single owner): labelled so that clusterctl move
+                # carries it along with the hosts (their BMC Secrets move through their ownerReferences).
+                "metadata": {
+                    "name": SSH_KEY_SECRET,
+                    "namespace": namespace,
+                    "labels": {"clusterctl.cluster.x-k8s.io/move": ""},
+                },
                 "type": "kubernetes.io/ssh-auth",
                 "data": {"ssh-privatekey": base64.b64encode(self.private_key.encode()).decode()},
             }

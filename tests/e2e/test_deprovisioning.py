@@ -111,9 +111,10 @@ def test_dead_bmc_does_not_hang_machine_deletion_and_the_host_stays_out_of_the_p
     ns = namespace
     m = lab.hosts.add_host("flaky", HostProfile(labels={"pool": "a"}), namespace=ns)
     lab.wait_hosts_available_in(ns, 1)
-    _cluster(lab, ns)
+    _cluster(lab, ns, SIGNS_THE_DISK)
     _setup(lab, ns, "md", "metadata", "a")
     eventually("provisioned", lambda: _provisioned(lab, ns, "flaky"), timeout=120)
+    assert _signatures(m) == "swap"  # the machine left data on its data disk
     machine = get_json(lab.cluster, "machines", "-n", ns)["items"][0]["metadata"]["name"]
 
     lab.hosts.set_fault("flaky", "no-answer")
@@ -145,7 +146,7 @@ def test_dead_bmc_does_not_hang_machine_deletion_and_the_host_stays_out_of_the_p
     lab.hosts.set_fault("flaky", "none")
     eventually("host powered off and released", lambda: _free_and_off(lab, ns, "flaky"), timeout=180)
     assert not m.host.is_powered_on()
-    assert _signatures(m) == ""
+    assert _signatures(m) == "", "the host went back to the pool with its last user's data"
 
 
 def test_machine_deletion_completes_when_the_host_object_is_gone(lab: Lab, namespace: str) -> None:

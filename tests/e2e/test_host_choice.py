@@ -4,8 +4,6 @@ that only writes CAPI's sentinel), because these tests are about hosts, not abou
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import yaml
 from lab import workload
@@ -13,6 +11,7 @@ from lab.hostlab import HostProfile
 from lab.lab import Lab
 from lab.tools import versions
 
+from capi_provider import api
 from tests.helpers import condition, eventually, get_json, hosts_by_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -56,16 +55,27 @@ def test_racing_machines_get_distinct_hosts_and_the_extra_one_waits(lab: Lab, na
     lab.wait_hosts_available_in(ns, 10)
     _cluster(lab, ns)
     # Ten machines created at once by the MachineSet: ten daemons race for ten hosts.
+    log = lab.procs["provider"].log_path
+    mark = len(log.read_text())
     _deployment(lab, ns, "md", replicas=10)
     claims = eventually(
         "10 machines holding hosts", lambda: (c := _claims(lab, ns)) and len(c) == 10 and c, timeout=120
     )
-    assert len(set(claims.values())) == 10, claims
-    for bmm in _bmms(lab, ns):
-        assert (
-            claims[bmm["metadata"]["name"]]
-            == bmm["metadata"]["annotations"]["infrastructure.cluster.x-k8s.io/baremetalhost"].split("/")[1]
-        )
+    # Exclusive both ways: every machine names the one host whose consumerRef names it, and 10 machines use
+    # 10 different hosts.
+    bmms = _bmms(lab, ns)
+    annotated = {
+        b["metadata"]["name"]: b["metadata"]["annotations"][api.HOST_ANNOTATION].split("/")[1] for b in bmms
+    }
+    assert annotated == claims
+    assert len(bmms) == 10 and len(set(annotated.values())) == 10
+    # And the race really happened: machines lost claims to each other and took the next best host.
+    conflicts = sum(
+        1
+        for line in log.read_text()[mark:].splitlines()
+        if f"host {ns}/" in line and "changed under us" in line
+    )
+    assert conflicts >= 1, "no claim conflict occurred: this run did not exercise the race"
 
     lab.cluster.kubectl("scale", "machinedeployment", "md", "-n", ns, "--replicas=11")
 
@@ -183,16 +193,34 @@ def test_paused_cluster_changes_nothing_until_unpaused(lab: Lab, namespace: str)
         ),
         timeout=60,
     )
+    # A witness: a machine of an unpaused cluster in the same namespace, woken by the same host arrivals.
+    _cluster(lab, ns, "c2")
+    docs = workload.machine_deployment(
+        "witness", ns, "c2", versions()["KUBERNETES_VERSION"], replicas=1, data_secret="boot"
+    )
+    lab.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    eventually(
+        "the witness waiting for a host",
+        lambda: any(b["metadata"]["name"].startswith("witness") for b in _bmms(lab, ns)),
+        timeout=60,
+    )
     lab.hosts.add_host("p0", namespace=ns)
-    lab.wait_hosts_available_in(ns, 1)
-    time.sleep(8)  # several reconcile opportunities, and the new host's arrival wakes waiting machines
-    assert _claims(lab, ns) == {}
-    assert hosts_by_name(lab.cluster, ns)["p0"]["status"]["powerState"] == "off"
-    assert not lab.hosts.machines["p0"].host.is_powered_on()
+    lab.hosts.add_host("p1", namespace=ns)
+    lab.wait_hosts_available_in(ns, 2)
+    witness_host = eventually(
+        "the witness claiming a host",
+        lambda: next((h for m, h in _claims(lab, ns).items() if m.startswith("witness")), None),
+        timeout=60,
+    )
+    # The controller has seen the hosts arrive; the paused cluster's machine took nothing meanwhile.
+    assert bmm["metadata"]["name"] not in _claims(lab, ns)
+    free = "p1" if witness_host == "p0" else "p0"
+    assert hosts_by_name(lab.cluster, ns)[free]["status"]["powerState"] == "off"
+    assert not lab.hosts.machines[free].host.is_powered_on()
 
     lab.cluster.kubectl("patch", "cluster", "c1", "-n", ns, "--type=merge", "-p", '{"spec":{"paused":false}}')
     eventually(
-        "claimed after unpause", lambda: _claims(lab, ns).get(bmm["metadata"]["name"]) == "p0", timeout=60
+        "claimed after unpause", lambda: _claims(lab, ns).get(bmm["metadata"]["name"]) == free, timeout=60
     )
     eventually(
         "provisioned after unpause",

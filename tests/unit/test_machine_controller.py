@@ -319,6 +319,29 @@ def test_a_same_name_machine_without_proof_does_not_inherit_the_host(w: World) -
     assert cond(w.bmm("m1"), "HostClaimed")["reason"] == "HostNotOwned"
 
 
+def test_a_failed_machine_stops_blocking_clusterctl_move_once_paused(w: World) -> None:
+    w.host("h1")
+    w.machine("m1")
+    w.provisioner.fail("WaitForSSH", w.key("h1"), "HostKeyMismatch")
+    run(reconcile(w, "m1"))
+    assert w.bmm("m1")["metadata"]["annotations"].get("clusterctl.cluster.x-k8s.io/block-move") == "true"
+    run(w.kube.patch(api.CAPI_GROUP, api.CAPI_VERSION, "clusters", "a", "c1", {"spec": {"paused": True}}))
+    run(reconcile(w, "m1"))
+    assert "clusterctl.cluster.x-k8s.io/block-move" not in w.bmm("m1")["metadata"]["annotations"]
+    assert w.bmm("m1")["status"]["phase"] == "Paused"
+
+
+def test_a_provisioned_machine_whose_host_was_released_behind_its_back_says_so(w: World) -> None:
+    provisioned(w)
+    o = w.bmh("h1")
+    del o["spec"]["consumerRef"]  # released by hand
+    run(reconcile(w, "m1"))
+    bmm = w.bmm("m1")
+    assert cond(bmm, "Ready")["status"] == "False"
+    assert cond(bmm, "Ready")["reason"] == "HostNotOwned"
+    assert w.provisioner.calls == []
+
+
 # ----------------------------------------------------------------------------------------- deletion
 
 
