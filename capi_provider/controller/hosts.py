@@ -272,11 +272,15 @@ class HostMonitor:
         new["conditions"] = h.host_conditions(current.get("conditions"), obs, generation, quarantine)
         if obs.ok:
             new["credentialsVersion"] = self.credentials_version
-        warm = rec.spec.consumerRef is None and rec.key in self.ctx.state.warm_wanted and self.warm_verified
-        new["warm"] = warm or None
         event = self.ctx.state.power_events.pop(rec.key, None)
         if event:
             new["lastPowerOperation"] = {"action": event.action, "reason": event.reason, "time": now()}
+            if event.reason == "Provisioning":
+                self.warm_verified = False  # its machine took it over
+        # A warm host stays warm once claimed, until its machine's PowerOn has used it: that step reads this
+        # to keep the host running instead of cycling it.
+        wanted = rec.spec.consumerRef is not None or rec.key in self.ctx.state.warm_wanted
+        new["warm"] = (wanted and self.warm_verified) or None
         if obs.ok and status_changed(current, new):
             new["lastPolled"] = now()
         await write_status(self.ctx.kube, api.HOSTS, rec.key, current, new)

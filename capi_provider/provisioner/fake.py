@@ -17,9 +17,10 @@ from capi_provider.provisioner.sshpush import STEPS
 @dataclass
 class FakeServer:
     power: PowerState = PowerState.OFF
-    boots: bool = True  # False: the OS never comes up (broken disk, wrong boot device)
+    bootable: bool = True  # False: the OS never comes up (broken disk, wrong boot device)
     seed: Seed | None = None
     joined: bool = False  # bootstrap ran (its data is on the disk)
+    boots: int = 0
     wiped: int = 0
     reset: int = 0
 
@@ -57,8 +58,9 @@ class FakeProvisioner:
         if step == "PowerOn":
             if server.power is PowerState.ON and warm:
                 return "already running (warm pool)"
-            server.power = PowerState.ON
-            return "powered on"
+            note = "power cycled" if server.power is PowerState.ON else "powered on"
+            server.power, server.boots = PowerState.ON, server.boots + 1
+            return note
         if step == "WaitForSSH":
             self._os_up(server, target)
             self.sessions.add(target.key)
@@ -97,5 +99,5 @@ class FakeProvisioner:
 
     @staticmethod
     def _os_up(server: FakeServer, target: Target) -> None:
-        if server.power is not PowerState.ON or not server.boots:
+        if server.power is not PowerState.ON or not server.bootable:
             raise ProvisionerError("SSHUnreachable", f"{target.key}: OS not answering")

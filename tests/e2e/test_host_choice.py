@@ -206,7 +206,6 @@ def test_paused_cluster_changes_nothing_until_unpaused(lab: Lab, namespace: str)
     )
     lab.hosts.add_host("p0", namespace=ns)
     lab.hosts.add_host("p1", namespace=ns)
-    lab.wait_hosts_available_in(ns, 2)
     witness_host = eventually(
         "the witness claiming a host",
         lambda: next((h for m, h in _claims(lab, ns).items() if m.startswith("witness")), None),

@@ -325,6 +325,15 @@ def test_a_template_bomb_fails_its_machine_only(tenants: Tenants) -> None:
         ),
         timeout=180,
     )
+    # Back to one: CAPI must remove the new machine, not the victim's (its default policy is random).
+    extra_machine = next(
+        m["metadata"]["name"]
+        for m in get_json(t.lab.cluster, "machines", "-n", t.b)["items"]
+        if (m.get("spec") or {}).get("providerID", "").startswith(f"baremetal://{t.b}/{extra.name}/")
+    )
+    t.lab.cluster.kubectl(
+        "annotate", "machine", extra_machine, "-n", t.b, "cluster.x-k8s.io/delete-machine=yes"
+    )
     t.lab.cluster.kubectl("scale", "machinedeployment", "vmd", "-n", t.b, "--replicas=1")
     t.assert_victim_untouched()
 

@@ -118,7 +118,7 @@ def quarantined(w: World, reason: str = "SSHUnreachable", generation: int = 1) -
 def test_a_quarantined_host_is_kept_off(w: World) -> None:
     quarantined(w)
     w.provisioner.servers[w.key("h1")].power = PowerState.ON
-    w.provisioner.servers[w.key("h1")].boots = False
+    w.provisioner.servers[w.key("h1")].bootable = False
     monitor = run(host_pass(w, "h1"))  # first pass: tries to clean, cannot, powers off
     assert w.provisioner.servers[w.key("h1")].power is PowerState.OFF
     assert api.QUARANTINE_ANNOTATION in w.bmh("h1")["metadata"]["annotations"]
@@ -157,3 +157,24 @@ def test_a_quarantined_host_is_never_claimed(w: World) -> None:
     run(reconcile(w, "m1"))
     assert "consumerRef" not in w.bmh("h1")["spec"]
     assert cond(w.bmm("m1"), "HostClaimed")["reason"] == "WaitingForHost"
+
+
+def test_a_warm_host_is_used_warm_by_the_machine_that_claims_it(w: World) -> None:
+    """The boot a warm pool saves must not be spent again: the claimed host stays marked warm (its monitor
+    may write status between the claim and PowerOn) until its machine's PowerOn has kept it running."""
+    w.host("h1")
+    w.ctx.state.set_warm_pool(w.key("pool"), {w.key("h1")})
+    monitor = run(host_pass(w, "h1"))  # booted and verified for the pool
+    assert w.bmh("h1")["status"]["warm"] is True
+    boots = w.provisioner.servers[w.key("h1")].boots
+    w.machine("m1", data=False)
+    w.provisioner.fail("PowerOn", w.key("h1"), "BMCTimeout")  # the first pass ends right after the claim
+    run(reconcile(w, "m1"))
+    assert w.bmh("h1")["spec"]["consumerRef"]["name"] == "m1"
+    run(host_pass(w, "h1", monitor=monitor))  # the monitor writes the claimed host's status meanwhile
+    run(reconcile(w, "m1"))
+    power_on = next(s for s in w.bmm("m1")["status"]["steps"] if s["name"] == "PowerOn")
+    assert power_on["message"] == "already running (warm pool)"
+    assert w.provisioner.servers[w.key("h1")].boots == boots
+    run(host_pass(w, "h1", monitor=monitor))  # PowerOn has used it: no longer warm
+    assert not w.bmh("h1")["status"].get("warm")

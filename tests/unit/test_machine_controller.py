@@ -379,7 +379,7 @@ def test_a_host_found_off_is_booted_to_be_cleaned(w: World) -> None:
 
 def test_a_host_that_could_not_be_cleaned_is_quarantined_not_returned(w: World) -> None:
     provisioned(w)
-    w.provisioner.servers[w.key("h1")].boots = False  # powered, but its OS does not answer
+    w.provisioner.servers[w.key("h1")].bootable = False  # powered, but its OS does not answer
     w.provisioner.servers[w.key("h1")].power = PowerState.OFF
     run(delete(w, "m1"))
     host = w.bmh("h1")
