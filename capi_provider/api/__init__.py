@@ -35,6 +35,9 @@ FAILURE_DOMAIN_LABEL = f"{GROUP}/failure-domain"
 # Set on a BareMetalMachine once it holds a host: `<namespace>/<host name>` (survives clusterctl move,
 # which copies no status).
 HOST_ANNOTATION = f"{GROUP}/baremetalhost"
+# Changing its value on a BareMetalMachine stopped by a failure retrying cannot fix (BootstrapFailed,
+# SeedTemplateInvalid, ...) asks the controller to try again, e.g. after fixing a ConfigMap it does not watch.
+RETRY_ANNOTATION = f"{GROUP}/retry"
 # Pauses one host's controller (e.g. while an operator works on the box).
 HOST_PAUSED_ANNOTATION = f"{GROUP}/paused"
 # Set by the provider on a host it could not clean (or that presented a foreign host key): the host stays out

@@ -106,8 +106,10 @@ class BMCDetails:
         cel=_BMC_ADDRESS_RULES,
     )
     credentialsName: str = api_field(
-        "Name of a Secret in the host's namespace with keys `username` and `password`. The controller "
-        "re-reads it when it changes, so a rotated password is picked up without a restart.",
+        "Name of a Secret in the host's namespace with keys `username` and `password`, bound to this host "
+        "by an ownerReference (the provider sends a password only to the hosts its Secret is bound to). "
+        "Read when needed and again whenever the BMC rejects it, so a rotated password is picked up "
+        "without a restart.",
         min_length=1,
         max_length=253,
         pattern=NAME_PATTERN,

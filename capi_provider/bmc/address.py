@@ -6,7 +6,9 @@ Accepted forms (schemes are lower case):
     HOST[:PORT]                                          same as ipmi://
     redfish://HOST[:PORT]/redfish/v1/Systems/ID          Redfish over HTTPS, default port 443
     redfish+https://HOST[:PORT]/redfish/v1/Systems/ID    same as redfish://
-    redfish+http://HOST[:PORT]/redfish/v1/Systems/ID     Redfish over plain HTTP, default port 80
+    redfish+http://HOST[:PORT]/redfish/v1/Systems/ID     parsed only to refuse it clearly: the CRD and the
+                                                         driver reject plain HTTP (the BMC password would
+                                                         cross the network in clear)
 
 HOST is a DNS name, a dotted IPv4 address or a bracketed IPv6 address (`[fd00::5]`).
 
@@ -62,8 +64,7 @@ BMC_ADDRESS_PATTERN = rf"^(?:(?:ipmi://)?{_AUTHORITY}|redfish(?:\+https?)?://{_A
 
 ACCEPTED_FORMS = (
     "ipmi://HOST[:PORT], HOST[:PORT], redfish://HOST[:PORT]/redfish/v1/Systems/ID, "
-    "redfish+https://HOST[:PORT]/redfish/v1/Systems/ID or redfish+http://HOST[:PORT]/redfish/v1/Systems/ID "
-    "(HOST: DNS name, IPv4, or [IPv6] in brackets)"
+    "or redfish+https://HOST[:PORT]/redfish/v1/Systems/ID (HOST: DNS name, IPv4, or [IPv6] in brackets)"
 )
 
 _AUTHORITY_RE = re.compile(rf"(?P<host>{_HOST})(?::(?P<port>{_PORT}))?")

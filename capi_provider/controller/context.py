@@ -156,12 +156,13 @@ class Wakers:
 @dataclass(frozen=True)
 class Blocked:
     """A machine stopped by a failure retrying cannot fix (HostKeyMismatch, BootstrapFailed, ...): it tries
-    again only when its host's spec changes (the host's generation), or after a restart."""
+    again when its host's spec or its own spec changes, when its retry annotation changes, or after a
+    restart. `since` is what those were when it stopped."""
 
     reason: str
     message: str
-    host_generation: int
     host: ObjKey
+    since: tuple[int, int, str | None]  # host generation, machine generation, retry annotation
 
 
 @dataclass(frozen=True)

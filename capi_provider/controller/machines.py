@@ -241,7 +241,7 @@ class MachineReconciler:
         claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
         data_secret = ((machine.get("spec") or {}).get("bootstrap") or {}).get("dataSecretName")
         blocked = state.blocked.get(self.key)
-        if blocked and blocked.host_generation == host.generation and not self.spec.providerID:
+        if blocked and blocked.since == self.block_key(host) and not self.spec.providerID:
             self.conditions(claimed=claimed, provisioned=(False, blocked.reason, blocked.message))
             return LONG
         state.blocked.pop(self.key, None)
@@ -292,11 +292,15 @@ class MachineReconciler:
         """Stop at a failure that retrying cannot fix; visible in conditions, steps and an event. Provisioning
         resumes when the host's spec changes (e.g. the operator corrects the pinned host key)."""
         claimed = (True, "HostClaimed", f"BareMetalHost {host.key.name}")
-        self.ctx.state.blocked[self.key] = Blocked(reason, message, host.generation, host.key)
+        self.ctx.state.blocked[self.key] = Blocked(reason, message, host.key, self.block_key(host))
         self.status["steps"] = m.start_step(self.status.get("steps"), step, f"failed: {reason}")
         self.ctx.events.warn(self.body, reason, message)
         self.conditions(claimed=claimed, provisioned=(False, reason, message))
         return LONG
+
+    def block_key(self, host: HostRecord) -> tuple[int, int, str | None]:
+        retry = (self.body["metadata"].get("annotations") or {}).get(api.RETRY_ANNOTATION)
+        return (host.generation, int(self.generation or 0), retry)
 
     def step_failed(self, step: str, reason: str, message: str, claimed: tuple[bool, str, str]) -> float:
         failures = self.ctx.state.step_failures

@@ -170,9 +170,15 @@ def host_conditions(
                 conds, READY, False, "Quarantined", f"{quarantine.reason}: {quarantine.message}", generation
             )
         return set_condition(conds, READY, True, "Ready", "", generation)
-    if reason in CREDENTIAL_ERRORS:
+    if reason == "CredentialsRejected":
         # The BMC answered, it is our credentials that are wrong.
         conds = set_condition(conds, BMC_REACHABLE, True, "Reachable", "", generation)
+        conds = set_condition(conds, CREDENTIALS_VALID, False, reason, message, generation)
+    elif reason in CREDENTIAL_ERRORS:
+        # No usable credentials (missing or not bound to this host): the BMC was not contacted at all.
+        conds = set_condition(
+            conds, BMC_REACHABLE, "Unknown", "NotContacted", "no usable credentials", generation
+        )
         conds = set_condition(conds, CREDENTIALS_VALID, False, reason or "", message, generation)
     elif reason in BMC_ERRORS or reason is None:
         conds = set_condition(conds, BMC_REACHABLE, False, reason or "BMCError", message, generation)

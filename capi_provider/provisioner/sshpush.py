@@ -105,8 +105,11 @@ WIPE_FUNCTION = r"""wipe_disk() {
       echo "$1 is in use ($src): refusing to wipe" >&2; return 1;;
     esac
   done
-  if [ -b "$d" ] && [ -n "$(lsblk -nro MOUNTPOINT "$d" 2>/dev/null | tr -d '[:space:]')" ]; then
-    echo "$1 has mounted partitions: refusing to wipe" >&2; return 1
+  if [ -b "$d" ]; then
+    command -v lsblk >/dev/null || { echo "no lsblk: cannot prove $1 unused, not wiped" >&2; return 1; }
+    if [ -n "$(lsblk -nro MOUNTPOINT "$d" | tr -d '[:space:]')" ]; then
+      echo "$1 has mounted partitions: refusing to wipe" >&2; return 1
+    fi
   fi
   wipefs --all -- "$d" >/dev/null
 }"""

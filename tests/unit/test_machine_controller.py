@@ -161,6 +161,31 @@ def test_a_foreign_host_key_stops_provisioning_until_the_host_spec_changes(w: Wo
     assert steps(w.bmm("m1")) == ["PowerOn", "WaitForSSH", "DeliverSeed", "Bootstrap"]
 
 
+def test_a_stopped_machine_retries_when_asked_after_fixing_what_it_reads(w: World) -> None:
+    """Seed templates live in a ConfigMap the controller does not watch: the operator fixes it and asks for a
+    retry with the documented annotation."""
+    w.host("h1")
+    w.kube.configmaps[("a", "seed")] = {"meta-data": "instance-id: {{ no_such_input }}\n"}
+    w.machine("m1", spec={"seedTemplatesRef": {"name": "seed"}})
+    run(reconcile(w, "m1"))
+    assert cond(w.bmm("m1"), "Provisioned")["reason"] == "SeedTemplateInvalid"
+    w.kube.configmaps[("a", "seed")] = {"meta-data": "instance-id: {{ instance_id }}\n"}
+    run(reconcile(w, "m1"))
+    assert "DeliverSeed" not in steps(w.bmm("m1"))  # nothing asked it to look again
+    run(
+        w.kube.patch(
+            api.GROUP,
+            api.VERSION,
+            api.MACHINES,
+            "a",
+            "m1",
+            {"metadata": {"annotations": {api.RETRY_ANNOTATION: "1"}}},
+        )
+    )
+    run(reconcile(w, "m1"))
+    assert steps(w.bmm("m1")) == ["PowerOn", "WaitForSSH", "DeliverSeed", "Bootstrap"]
+
+
 # ----------------------------------------------------------------------------------------- trust boundaries
 
 

@@ -56,6 +56,11 @@ def test_host_conditions_say_what_is_wrong() -> None:
     assert get_condition(conds, "BMCReachable")["status"] == "False"
     conds = h.host_conditions(conds, h.BmcObservation(power="on"), 2)
     assert all(c["status"] == "True" for c in conds)
+    # Credentials that are missing or not bound to the host: the BMC was never contacted.
+    unbound = h.BmcObservation(error_reason="CredentialsNotBound", error_message="no ownerReference")
+    conds = h.host_conditions(conds, unbound, 3)
+    assert get_condition(conds, "BMCReachable")["status"] == "Unknown"
+    assert get_condition(conds, "CredentialsValid")["reason"] == "CredentialsNotBound"
 
 
 def test_error_status_keeps_the_first_time_of_a_repeated_error_and_clears_on_success() -> None:
