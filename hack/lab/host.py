@@ -424,6 +424,11 @@ class LabHost:
                 "PrintLastLog no",
                 "LogLevel VERBOSE",  # logs each authentication attempt and session start
                 "MaxStartups 64:30:128",
+                # bash sources ~/.bashrc for every sshd session it runs first (SHLVL < 2), and the lab
+                # machine's root .bashrc may do slow, noisy things (pyenv init rehashes its shims, and says so
+                # on stderr when sessions race). A simulated host's sessions must not run the lab machine's
+                # shell setup: SHLVL=1 makes the session's bash skip it.
+                "SetEnv SHLVL=1",
                 "LoginGraceTime 30",
                 f"ForceCommand {force}",
                 "",

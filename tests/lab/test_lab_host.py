@@ -455,3 +455,4 @@ def test_power_off_stops_the_kubelet_and_boot_starts_it(
     host.power_off()
     host.wait_kubelet_idle()
     assert len(fake_api.requests) == requests_before  # reset host: no kubelet left to stop
+
