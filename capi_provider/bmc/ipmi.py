@@ -228,12 +228,23 @@ class IpmiDriver:
         # arguments the entry is never removed, and once that session has died (logout, BMC reboot, timeouts)
         # every later Command for the same BMC and credentials gets the dead session back for the life of the
         # process. With bytes both spellings agree and a dead session is replaced by a fresh login.
-        return Command(
-            bmc=self._address.host,
-            userid=self._creds.username.encode("utf-8"),
-            password=self._creds.password.encode("utf-8"),
-            port=self._address.port,
-        )
+        def login() -> Any:
+            return Command(
+                bmc=self._address.host,
+                userid=self._creds.username.encode("utf-8"),
+                password=self._creds.password.encode("utf-8"),
+                port=self._address.port,
+            )
+
+        try:
+            return login()
+        except AttributeError as exc:
+            if "errormsg" not in str(exc):
+                raise
+            # pyghmi race: the shared half-open session we waited on was broken by a logout, which records
+            # no error message, and pyghmi then fails reading it. A fresh login gets the BMC's real answer
+            # (a rejected password must say so, not look like a protocol error).
+            return login()
 
     def _read_power(self) -> PowerState:
         response = self._raw(_CMD_CHASSIS_STATUS, ())
