@@ -211,9 +211,15 @@ def test_paused_cluster_changes_nothing_until_unpaused(lab: Lab, namespace: str)
         lambda: next((h for m, h in _claims(lab, ns).items() if m.startswith("witness")), None),
         timeout=60,
     )
-    # The controller has seen the hosts arrive; the paused cluster's machine took nothing meanwhile.
-    assert bmm["metadata"]["name"] not in _claims(lab, ns)
     free = "p1" if witness_host == "p0" else "p0"
+    eventually(
+        f"{free} registered and free",
+        lambda: hosts_by_name(lab.cluster, ns)[free]["status"].get("provisioningState") == "available",
+        timeout=60,
+    )
+    # The controller has seen the hosts arrive (the witness, woken by the same arrivals, took one); the
+    # paused cluster's machine took nothing, and left the free host off.
+    assert bmm["metadata"]["name"] not in _claims(lab, ns)
     assert hosts_by_name(lab.cluster, ns)[free]["status"]["powerState"] == "off"
     assert not lab.hosts.machines[free].host.is_powered_on()
 
