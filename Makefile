@@ -8,6 +8,13 @@ PY     := $(VENV)/bin/python
 HOSTS  ?= 5
 PYTEST_ARGS ?=
 
+# The real cluster-autoscaler cannot be built here (its Go module is not served by the module proxy); a
+# prebuilt one next to the checkout is used when its checksum matches (hack/prebuilt-autoscaler.sh).
+ifeq ($(origin CLUSTER_AUTOSCALER_BIN),undefined)
+CLUSTER_AUTOSCALER_BIN := $(shell hack/prebuilt-autoscaler.sh)
+endif
+export CLUSTER_AUTOSCALER_BIN
+
 .PHONY: help
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
