@@ -7,7 +7,9 @@ The pinned versions live in hack/versions.env, shared with the build script.
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +74,25 @@ def tool(name: str) -> Path:
         return Path(assets) / name
     path = cache_dir() / "bin" / f"{name}-{versions()[_TOOL_VERSION_KEY[name]]}"
     if not path.exists() and name == "cluster-autoscaler":
+        prebuilt = _prebuilt_autoscaler()
+        if prebuilt:
+            return prebuilt
         raise ToolMissing(_AUTOSCALER_MISSING.format(version=versions()["AUTOSCALER_VERSION"]))
     if not path.exists():
         raise ToolMissing(
             f"{name} is not built: run `make tools` (or hack/build-tools.sh), or set the *_BIN variable"
         )
     return path
+
+
+@functools.cache
+def _prebuilt_autoscaler() -> Path | None:
+    """The checksum-verified prebuilt autoscaler next to the checkout, as `make` and .ci/run find it (so a
+    plain `pytest` run finds it too)."""
+    out = subprocess.run(
+        [str(HACK_DIR / "prebuilt-autoscaler.sh")], capture_output=True, text=True, timeout=60, check=False
+    ).stdout.strip()
+    return Path(out) if out else None
 
 
 def available(name: str) -> bool:

@@ -438,9 +438,14 @@ def test_what_the_autoscaler_expects_of_an_empty_group_is_the_node_that_register
         real = {k: _quantity(v) for k, v in node["status"][field].items()}
         assert planned == {k: real.get(k) for k in planned}, f"{field}: planned {planned}, node has {real}"
         assert {"cpu", "memory", "pods", "ephemeral-storage"} <= set(planned)
-    # Labels: everything it assumed (but the made-up host name) is on the node, with the same value.
-    assumed = {k: v for k, v in expected["metadata"]["labels"].items() if k != "kubernetes.io/hostname"}
-    assert {k: node["metadata"]["labels"].get(k) for k in assumed} == assumed
+    # Labels: everything it assumed is on the node, with the same value (but the made-up host name and the
+    # autoscaler's own marker, cluster-autoscaler.kubernetes.io/template-node).
+    assumed = {
+        k: v
+        for k, v in expected["metadata"]["labels"].items()
+        if k != "kubernetes.io/hostname" and not k.startswith("cluster-autoscaler.kubernetes.io/")
+    }
+    assert {k: node["metadata"]["labels"].get(k) for k in assumed} == assumed, node["metadata"]["labels"]
     assert {"kubernetes.io/arch", "kubernetes.io/os", POOL_LABEL, "example.com/disk"} <= set(assumed)
 
     # Taints: the same, apart from the autoscaler's own.
