@@ -50,15 +50,17 @@ def _control_plane(lab: Lab, ns: str) -> None:
     join with CAPBK's real join data)."""
     lab.hosts.add_host(f"{ns}-cp", HostProfile(labels={"role": "control-plane"}), namespace=ns)
     version = versions()["KUBERNETES_VERSION"]
+    # Machine names become Node names, and every test's Nodes share the lab's apiserver.
+    cp = f"cp-{ns}"
     docs = [workload.ca_secret(CLUSTER, ns, lab.cluster.ca_pem, lab.cluster.ca_key_pem)]
     docs += workload.cluster(CLUSTER, ns, lab.cluster.server)
     docs += workload.control_plane_machine(
-        "cp-0", ns, CLUSTER, version, {"hostSelector": {"matchLabels": {"role": "control-plane"}}}
+        cp, ns, CLUSTER, version, {"hostSelector": {"matchLabels": {"role": "control-plane"}}}
     )
     _apply(lab, docs)
     eventually(
         "control plane machine Running",
-        lambda: get_json(lab.cluster, "machine", "cp-0", "-n", ns).get("status", {}).get("nodeRef"),
+        lambda: get_json(lab.cluster, "machine", cp, "-n", ns).get("status", {}).get("nodeRef"),
         timeout=240,
     )
 
@@ -292,9 +294,12 @@ def test_pending_pods_scale_a_node_group_from_zero_and_idle_nodes_return_to_the_
     for name in used:
         assert ipmitool_power(lab.hosts.machines[name]) == "off", "the BMC itself reports the host off"
         assert _data_disk_signature(lab.hosts.machines[name]) == "", "the data disk was wiped"
-    assert not _machines(lab, ns, "workers")
-    remaining = {n["metadata"]["name"] for n in get_json(lab.cluster, "nodes")["items"]}
-    assert not nodes & remaining, "their Nodes are gone"
+
+    def machines_and_nodes_gone() -> bool:
+        remaining = {n["metadata"]["name"] for n in get_json(lab.cluster, "nodes")["items"]}
+        return not _machines(lab, ns, "workers") and not nodes & remaining
+
+    eventually("CAPI finishes deleting the Machines and their Nodes", machines_and_nodes_gone, timeout=120)
     eventually(
         "the template counts all three hosts again",
         lambda: (
