@@ -420,6 +420,7 @@ def phase_autoscaler(lab: Lab, configs: list[str], repeats: int, out: dict[str, 
     for pool, warm in pools.items():
         add_autoscaled_pool(lab, ns, pool, 2, warm)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    out["autoscaler"] = results  # filled as runs finish, so an interrupted bench still reports them
     for name in configs:
         say(f"cluster-autoscaler --scan-interval {name} ...")
         with ClusterAutoscaler(lab, ns, "c1", AUTOSCALER_CONFIGS[name]):
@@ -433,7 +434,6 @@ def phase_autoscaler(lab: Lab, configs: list[str], repeats: int, out: dict[str, 
                         f"  {name} {pool} #{r + 1}: scaled at {t.get('scaled', 0):.1f}s, "
                         f"Running at {t['running']:.1f}s; released {run['released']:.1f}s after the pod went"
                     )
-    out["autoscaler"] = results
 
 
 def phase_faults(lab: Lab, out: dict[str, Any]) -> None:
