@@ -229,7 +229,7 @@ for g in "${groups[@]}"; do
     # say so and carry on; CLUSTER_AUTOSCALER_BIN supplies a binary (the Makefile and .ci/run set it to a
     # checksum-verified prebuilt one when there is one, see hack/prebuilt-autoscaler.sh).
     autoscaler)
-      if have cluster-autoscaler "$AUTOSCALER_VERSION" || autoscaler_served; then
+      if [ -n "${CLUSTER_AUTOSCALER_BIN:-}" ] || [ -x "$BIN/cluster-autoscaler-$AUTOSCALER_VERSION" ] || autoscaler_served; then
         timed "cluster-autoscaler $AUTOSCALER_VERSION" build_autoscaler
       else
         log "cluster-autoscaler: NOT built: k8s.io/autoscaler/cluster-autoscaler is not served by GOPROXY=$(go env GOPROXY)." \
