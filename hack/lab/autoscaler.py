@@ -124,6 +124,10 @@ class ClusterAutoscaler:
         if not kubeconfig.exists():
             kubeconfig = cluster.client_kubeconfig(AUTOSCALER_USER)
         cluster.apply_docs(rbac_documents(self.namespace, self.namespace))
+        # A previous autoscaler's status must not pass for this one's first loop.
+        cluster.kubectl(
+            "delete", "configmap", STATUS_CONFIGMAP, "-n", self.namespace, "--ignore-not-found", "--wait=true"
+        )
         self.port = free_port()
         self.proc = Proc(self.name, self.argv(binary, kubeconfig), self.lab.logs).start()
         self.lab.procs[self.name] = self.proc
