@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 AUTOSCALER_USER = "cluster-autoscaler"
 RBAC_MANIFEST = REPO_DIR / "config" / "autoscaler" / "rbac.yaml"
 STATUS_CONFIGMAP = "cluster-autoscaler-status"
+CAPI_UNINITIALIZED_TAINT = "node.cluster.x-k8s.io/uninitialized"
 # The placeholders config/autoscaler/rbac.yaml uses for the autoscaler's and the cluster's namespaces.
 _OWN_NAMESPACE = "kube-system"
 _CLUSTER_NAMESPACE = "metal"
@@ -107,6 +108,10 @@ class ClusterAutoscaler:
             f"--scale-down-delay-after-add={o.scale_down_delay_after_add}",
             f"--max-node-provision-time={o.max_node_provision_time}",
             f"--expander={o.expander}",
+            # CAPBK registers every node with this taint and CAPI removes it once it has synced the node's
+            # labels. Until then the node is still starting: counted as ready, its taint would keep the
+            # pending pod off it and the autoscaler would add another node for the same pod.
+            f"--startup-taint={CAPI_UNINITIALIZED_TAINT}",
             # Other tests' hosts power off and leave NotReady Nodes in the shared lab apiserver for a while;
             # the autoscaler halts when more than 3 nodes and 45 % of them are unready, which is about the
             # cluster it scales, not this one.
