@@ -66,8 +66,11 @@ _AUTOSCALER_MISSING = (
 
 
 def tool(name: str) -> Path:
-    override = os.environ.get(name.upper().replace("-", "_") + "_BIN")
+    var = name.upper().replace("-", "_") + "_BIN"
+    override = os.environ.get(var)
     if override:
+        if not os.access(override, os.X_OK):
+            raise ToolMissing(f"{var}={override} is not an executable file")
         return Path(override)
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if assets and name in _ENVTEST_ASSETS and (Path(assets) / name).exists():

@@ -20,7 +20,7 @@ from lab import workload
 from lab.autoscaler import ClusterAutoscaler
 from lab.hostlab import HostProfile, LabMachine
 from lab.lab import Lab
-from lab.tools import versions
+from lab.tools import tool, versions
 
 from tests.helpers import eventually, get_json, hosts_by_name, ipmitool_power
 
@@ -132,7 +132,9 @@ def _wait_capacity(lab: Lab, ns: str, template: str, cpu: str) -> dict[str, Any]
 
 @pytest.fixture
 def autoscaler(lab: Lab, namespace: str) -> Iterator[ClusterAutoscaler]:
-    """The real autoscaler for this test's cluster, stopped when the test ends."""
+    """The real autoscaler for this test's cluster, stopped when the test ends. Without the binary the test
+    fails here, before any set-up, saying how to get it."""
+    tool("cluster-autoscaler")
     ca = ClusterAutoscaler(lab, namespace, CLUSTER)
     try:
         yield ca
