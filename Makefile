@@ -56,7 +56,7 @@ demo: deps release-manifests ## the whole story in the local lab: 5 servers, a c
 	PYTHONPATH=hack:. $(PY) hack/demo.py $(DEMO_ARGS)
 
 .PHONY: bench
-bench: deps ## speed and memory targets, measured in one run (about 35 minutes)
+bench: deps ## speed and memory targets, measured in one run (about 40 minutes)
 	PYTHONPATH=hack:. $(PY) hack/bench.py $(BENCH_ARGS)
 
 .PHONY: lab-up
