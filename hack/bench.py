@@ -2,13 +2,12 @@
 figures and ratios (never asserted: a loaded machine changes seconds, not the shape of the result).
 
   scale     kubectl scale 0→1 vs 0→N with real CAPI + kubeadm join: target tN/t1 ≤ 1.25
-  warm      pending pod → pod scheduled, scale-up with and without a warm pool (boot delay stated)
+  autoscaler  pending pod → pod Running with the real cluster-autoscaler in the loop, cold vs warm pool, at
+            --scan-interval 10 s and 1 s (and 10 s with --frequent-loops-enabled); the breakdown: autoscaler
+            decision, CAPI, our steps, join, scheduling; then idle → host back in the pool. Target: with a
+            warm pool the provider's own share is below the scan interval
   faults    healthy hosts provisioned alone vs beside a slow (10 s/reply) and a dead BMC: target ≈ 1.0
   inventory controller RSS with 200 hosts registered (target < 150 MiB), and its API requests while idle
-
-The cluster-autoscaler cannot be built here (its module is not served by the Go proxy), so the warm phase
-scales the MachineDeployment with kubectl where the autoscaler would; the latency measured is the same
-path the autoscaler's scale-up takes from there (MachineSet → our provider → node Ready → scheduler).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import json
 import logging
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 import yaml
 from lab import workload
+from lab.autoscaler import AutoscalerOptions, ClusterAutoscaler
 from lab.cluster import LabOptions
 from lab.hostlab import HostProfile
 from lab.lab import PROVIDER_USER, Lab, LabConfig
@@ -154,49 +155,285 @@ def phase_scale(lab: Lab, n: int, out: dict[str, Any]) -> None:
     scale_to_zero(lab, ns, "workers")
 
 
-def pod_latency(lab: Lab, ns: str, md: str, pool: str) -> float:
+# The pool label the bench's pods select on: set by the kubelet at registration (kubeletExtraArgs), so a pod
+# can be scheduled as soon as its node is Ready, and declared to the autoscaler for scale from zero.
+POOL_LABEL = "bench.capi-provider-baremetal.io/pool"
+
+
+def add_autoscaled_pool(lab: Lab, ns: str, pool: str, hosts: int, warm_pool: int) -> None:
+    for i in range(hosts):
+        lab.hosts.add_host(f"{pool}-{i}", HostProfile(labels={"role": pool}), namespace=ns)
+    docs = workload.machine_deployment(
+        pool,
+        ns,
+        "c1",
+        VERSION,
+        replicas=0,
+        machine_spec={"hostSelector": {"matchLabels": {"role": pool}}},
+        warm_pool=warm_pool,
+        annotations={
+            "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": "0",
+            "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "1",
+            "capacity.cluster-autoscaler.kubernetes.io/labels": f"{POOL_LABEL}={pool}",
+        },
+    )
+    kct = next(d for d in docs if d["kind"] == "KubeadmConfigTemplate")
+    reg = kct["spec"]["template"]["spec"]["joinConfiguration"]["nodeRegistration"]
+    reg["kubeletExtraArgs"] = [
+        *reg["kubeletExtraArgs"],
+        {"name": "node-labels", "value": f"{POOL_LABEL}={pool}"},
+    ]
+    apply(lab, docs)
+
+
+class Timeline:
+    """When each milestone of one scale-up is first seen, in seconds after the pod is created. Watches, not
+    polling: an event arrives within milliseconds of the write, and the bench adds no API load of its own."""
+
+    def __init__(self, lab: Lab, ns: str, pool: str) -> None:
+        from kubernetes import client
+
+        self.api = lab.cluster.api_client()
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.ns, self.pool = ns, pool
+        self.t0 = time.monotonic()
+        self.t: dict[str, float] = {}
+        self.steps: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._established: list[threading.Event] = []
+        self._threads: list[threading.Thread] = []
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        self.t.setdefault(name, (at or time.monotonic()) - self.t0)
+
+    def _watch(
+        self,
+        list_fn: Any,
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+        seen: Any,
+        established: threading.Event,
+    ) -> None:
+        from kubernetes import watch
+
+        def call(*a: Any, **k: Any) -> Any:
+            resp = list_fn(*a, **k)  # returns once the apiserver has accepted the watch
+            established.set()
+            return resp
+
+        while not self._stop.is_set():
+            try:
+                for ev in watch.Watch().stream(call, *args, timeout_seconds=2, **kw):
+                    obj = ev["object"]
+                    seen(obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj))
+                    if self._stop.is_set():
+                        return
+            except Exception as e:  # a dropped watch is re-established; the milestone is not lost
+                logging.debug("watch ended: %s", e)
+
+    def start(self) -> Timeline:
+        ns, pool = self.ns, self.pool
+        by_md = {"label_selector": f"cluster.x-k8s.io/deployment-name={pool}"}
+
+        def pod(o: dict[str, Any]) -> None:
+            st = o.get("status") or {}
+            if any(
+                c.get("type") == "PodScheduled" and c.get("status") == "False"
+                for c in st.get("conditions") or []
+            ):
+                self.mark("unschedulable")
+            if (o.get("spec") or {}).get("nodeName"):
+                self.mark("scheduled")
+            if st.get("phase") == "Running":
+                self.mark("running")
+
+        def md(o: dict[str, Any]) -> None:
+            if (o.get("spec") or {}).get("replicas"):
+                self.mark("scaled")
+
+        def machine(o: dict[str, Any]) -> None:
+            self.mark("machine")
+            if ((o.get("spec") or {}).get("bootstrap") or {}).get("dataSecretName"):
+                self.mark("bootstrap-data")
+
+        def bmm(o: dict[str, Any]) -> None:
+            self.mark("bmm")
+            st = o.get("status") or {}
+            if (st.get("host") or {}).get("name"):
+                self.mark("claimed")
+            if (st.get("initialization") or {}).get("provisioned"):
+                self.mark("provisioned")
+                self.steps = st.get("steps") or []
+
+        def node(o: dict[str, Any]) -> None:
+            self.mark("node")
+            conds = (o.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+                self.mark("node-ready")
+
+        g = ("cluster.x-k8s.io", "v1beta2", ns)
+        watches = [
+            (self.core.list_namespaced_pod, (ns,), {"field_selector": f"metadata.name=wants-{pool}"}, pod),
+            (
+                self.custom.list_namespaced_custom_object,
+                (*g, "machinedeployments"),
+                {"field_selector": f"metadata.name={pool}"},
+                md,
+            ),
+            (self.custom.list_namespaced_custom_object, (*g, "machines"), by_md, machine),
+            (
+                self.custom.list_namespaced_custom_object,
+                ("infrastructure.cluster.x-k8s.io", "v1alpha1", ns, "baremetalmachines"),
+                by_md,
+                bmm,
+            ),
+            (self.core.list_node, (), {"label_selector": f"{POOL_LABEL}={pool}"}, node),
+        ]
+        for fn, args, kw, seen in watches:
+            established = threading.Event()
+            self._established.append(established)
+            th = threading.Thread(target=self._watch, args=(fn, args, kw, seen, established), daemon=True)
+            th.start()
+            self._threads.append(th)
+        return self
+
+    def wait_established(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        for ev in self._established:
+            if not ev.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("watches not established")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for th in self._threads:
+            th.join(5)
+        self.api.close()
+
+
+def _step_durations(steps: list[dict[str, Any]]) -> dict[str, float]:
+    from datetime import datetime
+
+    def ts(v: str) -> float:
+        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+
+    return {s["name"]: ts(s["finishedAt"]) - ts(s["startedAt"]) for s in steps if s.get("finishedAt")}
+
+
+def pool_ready(lab: Lab, ns: str, pool: str, warm: int) -> bool:
+    st = get(lab, "baremetalmachinetemplate", pool, "-n", ns).get("status") or {}
+    hosts = [
+        h for h in get(lab, "baremetalhosts", "-n", ns)["items"] if h["metadata"]["name"].startswith(pool)
+    ]
+    return (
+        machines(lab, ns, pool) == 0
+        and (st.get("matchingHosts") or 0) >= 1
+        and (st.get("warmHosts") or 0) == warm
+        and all(not h["spec"].get("consumerRef") for h in hosts)
+        and not get(lab, "nodes", "-l", f"{POOL_LABEL}={pool}")["items"]
+    )
+
+
+def one_scale_up(lab: Lab, ns: str, pool: str) -> dict[str, Any]:
+    """Pending pod → pod Running with the autoscaler in the loop; then pod deleted → host back in the pool."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"wants-{pool}", "namespace": ns},
         "spec": {
-            "nodeSelector": {"node.cluster.x-k8s.io/pool": pool},
-            "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+            "nodeSelector": {POOL_LABEL: pool},
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.k8s.io/pause:3.10",
+                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+                }
+            ],
         },
     }
-    apply(lab, [pod])
-    start = time.monotonic()
-    # Where the cluster-autoscaler would react to the pending pod, we scale the node group ourselves.
-    lab.cluster.kubectl("scale", "machinedeployment", md, "-n", ns, "--replicas=1")
+    tl = Timeline(lab, ns, pool).start()
+    tl.wait_established()
+    tl.t0 = time.monotonic()
+    tl.core.create_namespaced_pod(ns, pod)
+    try:
+        wait("pod Running", lambda: "running" in tl.t, timeout=600, interval=0.1)
+        wait("BareMetalMachine provisioned", lambda: "provisioned" in tl.t, timeout=600, interval=0.1)
+    finally:
+        tl.stop()
+    t = dict(tl.t)
+    steps = _step_durations(tl.steps)
+    # Idle: the pod goes; the autoscaler removes the node after --scale-down-unneeded-time; the provider
+    # resets, wipes and powers off the host and gives it back.
+    t_delete = time.monotonic()
+    lab.cluster.kubectl("delete", "pod", f"wants-{pool}", "-n", ns, "--wait=true")
     wait(
-        "pod scheduled",
-        lambda: (get(lab, "pod", f"wants-{pool}", "-n", ns).get("spec") or {}).get("nodeName"),
+        "autoscaler scaled down",
+        lambda: get(lab, "machinedeployment", pool, "-n", ns)["spec"].get("replicas") == 0,
     )
-    return time.monotonic() - start
-
-
-def phase_warm(lab: Lab, out: dict[str, Any]) -> None:
-    ns = "bench-scale"
-    add_pool(lab, ns, "cold", "cold", 2, node_labels={"node.cluster.x-k8s.io/pool": "cold"})
-    add_pool(lab, ns, "warm", "warm", 2, node_labels={"node.cluster.x-k8s.io/pool": "warm"}, warm_pool=1)
+    t_scaled_down = time.monotonic() - t_delete
     wait(
-        "warm pool ready",
+        "host back in the pool",
         lambda: (
-            (get(lab, "baremetalmachinetemplate", "warm", "-n", ns).get("status") or {}).get("warmHosts") == 1
+            machines(lab, ns, pool) == 0
+            and all(
+                not h["spec"].get("consumerRef")
+                and (h.get("status") or {}).get("powerState") in ("off", "on")
+                and (h.get("status") or {}).get("provisioningState") == "available"
+                for h in get(lab, "baremetalhosts", "-n", ns)["items"]
+                if h["metadata"]["name"].startswith(pool)
+            )
         ),
-        timeout=300,
+        interval=0.2,
     )
-    say("pending pod → scheduled, cold pool ...")
-    cold = pod_latency(lab, ns, "cold", "cold")
-    say("pending pod → scheduled, warm pool ...")
-    warm = pod_latency(lab, ns, "warm", "warm")
-    out["warm"] = {
-        "cold": cold,
-        "warm": warm,
-        "saved": cold - warm,
-        "cold_steps": step_seconds(lab, ns, "cold"),
-        "warm_steps": step_seconds(lab, ns, "warm"),
-    }
+    t_released = time.monotonic() - t_delete
+    return {"t": t, "steps": steps, "scale_down": t_scaled_down, "released": t_released}
+
+
+# The autoscaler's clients default to 5 requests/s (burst 10). Reading an empty group's infrastructure
+# template costs it two uncached discovery requests each time (clusterapi provider, 1.34), and a loop reads
+# it about twenty times, so by default a loop spends seconds in client-side throttling; "+qps" lifts that.
+_QPS = ("--kube-client-qps=50", "--kube-client-burst=100")
+# The bench's pod is a bare Pod (nothing could recreate it elsewhere), so while it runs the autoscaler marks
+# its node unremovable and by default looks again only 5 minutes later, which would delay the scale-down
+# measured after the pod is gone by up to 5 minutes.
+_RECHECK = ("--unremovable-node-recheck-timeout=5s",)
+
+
+def _options(interval: str, *extra: str) -> AutoscalerOptions:
+    return AutoscalerOptions(
+        scan_interval=interval, scale_down_unneeded_time="10s", verbosity=2, extra_args=(*_RECHECK, *extra)
+    )
+
+
+AUTOSCALER_CONFIGS = {
+    "10s": _options("10s"),
+    "1s": _options("1s"),
+    "10s+qps": _options("10s", *_QPS),
+    "1s+qps": _options("1s", *_QPS),
+    "10s+qps+frequent-loops": _options("10s", *_QPS, "--frequent-loops-enabled=true"),
+}
+
+
+def phase_autoscaler(lab: Lab, configs: list[str], repeats: int, out: dict[str, Any]) -> None:
+    ns = "bench-scale"
+    pools = {"cold": 0, "warm": 1}
+    for pool, warm in pools.items():
+        add_autoscaled_pool(lab, ns, pool, 2, warm)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    out["autoscaler"] = results  # filled as runs finish, so an interrupted bench still reports them
+    for name in configs:
+        say(f"cluster-autoscaler --scan-interval {name} ...")
+        with ClusterAutoscaler(lab, ns, "c1", AUTOSCALER_CONFIGS[name]):
+            for r in range(repeats):
+                for pool, warm in pools.items():
+                    wait(f"{pool} pool ready", lambda p=pool, w=warm: pool_ready(lab, ns, p, w), timeout=300)
+                    run = one_scale_up(lab, ns, pool)
+                    results.setdefault(name, {}).setdefault(pool, []).append(run)
+                    t = run["t"]
+                    say(
+                        f"  {name} {pool} #{r + 1}: scaled at {t.get('scaled', 0):.1f}s, "
+                        f"Running at {t['running']:.1f}s; released {run['released']:.1f}s after the pod went"
+                    )
 
 
 def phase_faults(lab: Lab, out: dict[str, Any]) -> None:
@@ -299,6 +536,69 @@ def phase_inventory(lab: Lab, count: int, idle: float, out: dict[str, Any]) -> N
 # ---------------------------------------------------------------------------------------------- report
 
 
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def report_autoscaler(a: dict[str, Any]) -> None:
+    print("pending pod → pod Running, real cluster-autoscaler 1.34.5 in the loop. Seconds after the pod was")
+    print("created (means). A cold host boots; a warm-pool host is already up. '+qps': --kube-client-qps=50")
+    print("--kube-client-burst=100. The provider's own share starts when it has the bootstrap data from CAPI")
+    print("(or the BareMetalMachine, if later) and ends when the machine is provisioned (host joined).")
+    for name, pools in a.items():
+        interval = float(name.split("s")[0])
+        for pool, runs in pools.items():
+
+            def at(key: str, runs: list[dict[str, Any]] = runs) -> float:
+                return _mean([r["t"][key] for r in runs if key in r["t"]])
+
+            def own(r: dict[str, Any]) -> float:
+                t = r["t"]
+                return float(t["provisioned"] - max(t["bootstrap-data"], t["bmm"]))
+
+            steps: dict[str, list[float]] = {}
+            for r in runs:
+                for k, v in r["steps"].items():
+                    steps.setdefault(k, []).append(v)
+            share = _mean([own(r) for r in runs])
+            print(
+                f"  --scan-interval {name}, {pool} pool, {len(runs)} run(s): "
+                f"pod Running at {at('running'):.1f}s"
+            )
+            print(
+                f"    autoscaler  replicas 0→1 at {at('scaled'):.1f}s "
+                f"(pod unschedulable at {at('unschedulable'):.1f}s)"
+            )
+            print(
+                f"    CAPI        Machine + BareMetalMachine at {at('bmm'):.1f}s, bootstrap data at "
+                f"{at('bootstrap-data'):.1f}s"
+            )
+            print(
+                f"    provider    host claimed at {at('claimed'):.1f}s, "
+                f"provisioned at {at('provisioned'):.1f}s; "
+                f"own share {share:.1f}s"
+            )
+            print(
+                "                steps "
+                + ", ".join(f"{k} {_mean(v):.1f}" for k, v in steps.items())
+                + " (whole-second stamps)"
+            )
+            print(f"    join        Node registered at {at('node'):.1f}s, Ready at {at('node-ready'):.1f}s")
+            print(f"    scheduling  pod scheduled at {at('scheduled'):.1f}s, Running at {at('running'):.1f}s")
+            if pool == "warm":
+                verdict = "below" if share < interval else "NOT below"
+                print(
+                    f"    target      provider's own share {share:.1f}s "
+                    f"vs scan interval {interval:g}s: {verdict}"
+                )
+            down = _mean([r["scale_down"] for r in runs])
+            released = _mean([r["released"] for r in runs])
+            print(
+                f"    idle        pod deleted → replicas 0 in {down:.1f}s, "
+                f"host back in the pool in {released:.1f}s"
+            )
+
+
 def report(cfg: argparse.Namespace, out: dict[str, Any]) -> None:
     print()
     print("=" * 78)
@@ -310,14 +610,8 @@ def report(cfg: argparse.Namespace, out: dict[str, Any]) -> None:
         print("scale-up, kubectl scale → all Machines Running (real CAPI, kubeadm join on lab hosts):")
         print(f"  0→1: {s['t1']:.1f}s   0→{s['n']}: {s['tn']:.1f}s   ratio {s['ratio']:.2f}  (target ≤ 1.25)")
         print("  mean step times: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["steps"].items()))
-    if w := out.get("warm"):
-        print("scale-up latency, pending pod → pod scheduled (node group scaled as the autoscaler would):")
-        for pool in ("cold", "warm"):
-            print(f"  {pool} steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in w[f"{pool}_steps"].items()))
-        print(
-            f"  cold pool {w['cold']:.1f}s   warm pool {w['warm']:.1f}s   saved {w['saved']:.1f}s "
-            f"(boot delay {cfg.boot_delay:g}s)"
-        )
+    if a := out.get("autoscaler"):
+        report_autoscaler(a)
     if f := out.get("faults"):
         print("healthy hosts provisioned alone vs beside a slow (10 s/reply) and a dead BMC:")
         print(f"  alone {f['alone']:.1f}s   beside faults {f['beside']:.1f}s", end="")
@@ -347,7 +641,13 @@ def main() -> int:
     p.add_argument("--jitter", type=float, default=1.0)
     p.add_argument("--inventory", type=int, default=200)
     p.add_argument("--idle", type=float, default=60.0)
-    p.add_argument("--phases", default="scale,warm,faults,inventory")
+    p.add_argument("--phases", default="scale,autoscaler,faults,inventory")
+    p.add_argument(
+        "--autoscaler-configs",
+        default=",".join(AUTOSCALER_CONFIGS),
+        help=f"scan interval settings of the autoscaler phase (of {', '.join(AUTOSCALER_CONFIGS)})",
+    )
+    p.add_argument("--autoscaler-repeats", type=int, default=2, help="scale-ups per pool and setting")
     cfg = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(cfg.workdir).resolve()
@@ -369,10 +669,10 @@ def main() -> int:
         assert http_ok(f"http://127.0.0.1:{lab.provider_health_port}/healthz")
         if "scale" in phases:
             phase_scale(lab, cfg.hosts, out)
-        if "warm" in phases:
+        if "autoscaler" in phases or "warm" in phases:  # "warm": this phase's former name
             if "scale" not in phases:
                 setup_cluster(lab, "bench-scale")
-            phase_warm(lab, out)
+            phase_autoscaler(lab, cfg.autoscaler_configs.split(","), cfg.autoscaler_repeats, out)
         if "faults" in phases:
             phase_faults(lab, out)
         if "inventory" in phases:

@@ -8,6 +8,7 @@ all trust the real server). The first control-plane machine runs `kubeadm init` 
 from __future__ import annotations
 
 import base64
+import copy
 from typing import Any
 from urllib.parse import urlparse
 
@@ -64,7 +65,7 @@ def control_plane_machine(
             "apiVersion": BOOT_V,
             "kind": "KubeadmConfig",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"initConfiguration": {"nodeRegistration": NODE_REGISTRATION}},
+            "spec": {"initConfiguration": {"nodeRegistration": copy.deepcopy(NODE_REGISTRATION)}},
         },
         {
             "apiVersion": INFRA_V,
@@ -130,7 +131,9 @@ def machine_deployment(
                 "kind": "KubeadmConfigTemplate",
                 "metadata": {"name": name, "namespace": namespace},
                 "spec": {
-                    "template": {"spec": {"joinConfiguration": {"nodeRegistration": NODE_REGISTRATION}}}
+                    "template": {
+                        "spec": {"joinConfiguration": {"nodeRegistration": copy.deepcopy(NODE_REGISTRATION)}}
+                    }
                 },
             }
         ]
