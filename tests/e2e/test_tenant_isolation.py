@@ -326,10 +326,14 @@ def test_a_template_bomb_fails_its_machine_only(tenants: Tenants) -> None:
         timeout=180,
     )
     # Back to one: CAPI must remove the new machine, not the victim's (its default policy is random).
+    # The Machine that owns the BareMetalMachine holding the extra host (CAPI may not have copied the
+    # providerID to the Machine yet).
     extra_machine = next(
-        m["metadata"]["name"]
-        for m in get_json(t.lab.cluster, "machines", "-n", t.b)["items"]
-        if (m.get("spec") or {}).get("providerID", "").startswith(f"baremetal://{t.b}/{extra.name}/")
+        ref["name"]
+        for b in _bmms(t.lab, t.b)
+        if (b["metadata"].get("annotations") or {}).get(api.HOST_ANNOTATION) == f"{t.b}/{extra.name}"
+        for ref in b["metadata"].get("ownerReferences") or []
+        if ref["kind"] == "Machine"
     )
     t.lab.cluster.kubectl(
         "annotate", "machine", extra_machine, "-n", t.b, "cluster.x-k8s.io/delete-machine=yes"
