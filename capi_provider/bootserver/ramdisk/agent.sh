@@ -22,14 +22,15 @@ cd /tmp/capbm || exit 1
 log() { echo "capbm-agent: $*" >/dev/console; }
 now() { cut -d' ' -f1 /proc/uptime; }
 oneline() { printf '%s' "$*" | tr '\n\r\t' '   ' | cut -c1-400; }
-val() { tr -d '\0\r' <"$1" 2>/dev/null | tr '\n' ' ' | sed 's/^ *//; s/ *$//'; }
+val() { [ -r "$1" ] && tr -d '\0\r' <"$1" 2>/dev/null | tr '\n' ' ' | sed 's/^ *//; s/ *$//'; }
 
+# busybox 1.35's wget crashes with -T: bounded with the timeout applet instead.
 api() { # api PATH [POSTFILE]: body on stdout, non-zero on any failure
   if [ $# -gt 1 ]; then
-    wget -q -T 40 -O - --header "Authorization: Bearer $TOKEN" --header "Content-Type: text/plain" \
+    timeout 60 wget -q -O - --header "Authorization: Bearer $TOKEN" --header "Content-Type: text/plain" \
       --post-file "$2" "$URL$1"
   else
-    wget -q -T 40 -O - --header "Authorization: Bearer $TOKEN" "$URL$1"
+    timeout 60 wget -q -O - --header "Authorization: Bearer $TOKEN" "$URL$1"
   fi
 }
 
@@ -258,7 +259,7 @@ do_provision() {
   step "$id" write started "disk=$d"
   set -o pipefail
   t0=$(now)
-  if ! wget -q -T 60 -O - --header "Authorization: Bearer $TOKEN" "$URL/v1/agent/image/$id" |
+  if ! wget -q -O - --header "Authorization: Bearer $TOKEN" "$URL/v1/agent/image/$id" |
     dd of="/dev/$d" bs=1M iflag=fullblock conv=fsync 2>dd.err; then
     zap_head_and_tail "$d"
     fail "$id" write ImageWriteFailed "streaming the image onto the disk failed: $(tail -n 1 dd.err)"
@@ -352,7 +353,7 @@ if [ -z "$URL" ] || [ -z "$TOKEN" ]; then
   exec sleep 2147483647
 fi
 { echo "kernel=$(uname -r)"; echo "recipe=$(cat /etc/capbm/recipe 2>/dev/null)"; echo "uptime=$(now)"
-  echo "iface=${CAPBM_IFACE:-}"; } >hello.txt
+  echo "iface=${CAPBM_IFACE:-}"; inventory; } >hello.txt
 until api /v1/agent/hello hello.txt >/dev/null; do sleep 2; done
 log "registered with the boot server"
 while true; do

@@ -172,6 +172,7 @@ def find_file(root: Path, name: str, dirs: Iterable[str]) -> Path:
 
 _LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
 _BIN_DIRS = ("sbin", "usr/sbin", "bin", "usr/bin")
+_TOOL_DIR = "usr/lib/capbm"
 
 
 def _real(root: Path, path: Path) -> Path:
@@ -185,13 +186,23 @@ def _real(root: Path, path: Path) -> Path:
 
 
 def tool_entries(root: Path, tools: Iterable[str]) -> list[cpio.Entry]:
-    """The tools under usr/sbin and every shared library they need (transitively) under lib/."""
+    """The tools and every shared library they need (transitively), kept apart from the standard library
+    paths, with a wrapper per tool under usr/sbin that runs it through its own loader.
+
+    Apart because busybox is a static glibc binary: its name-service lookups dlopen() from the standard
+    paths, and a shared libc.so.6 found there crashes it (wget segfaulted with the libraries in /lib).
+    """
     entries: list[cpio.Entry] = []
     libs: dict[str, bytes] = {}
     todo: list[bytes] = []
     for tool in tools:
         data = _real(root, find_file(root, tool, _BIN_DIRS)).read_bytes()
-        entries.append(cpio.Entry(f"usr/sbin/{tool}", data, 0o755))
+        entries.append(cpio.Entry(f"{_TOOL_DIR}/bin/{tool}", data, 0o755))
+        wrapper = (
+            f"#!/bin/sh\nexec /{_TOOL_DIR}/lib/ld-linux-x86-64.so.2 --library-path /{_TOOL_DIR}/lib "
+            f'/{_TOOL_DIR}/bin/{tool} "$@"\n'
+        )
+        entries.append(cpio.Entry(f"usr/sbin/{tool}", wrapper.encode(), 0o755))
         todo.append(data)
     while todo:
         for soname in elfdeps.needed(todo.pop()):
@@ -200,16 +211,10 @@ def tool_entries(root: Path, tools: Iterable[str]) -> list[cpio.Entry]:
             data = _real(root, find_file(root, soname, _LIB_DIRS)).read_bytes()
             libs[soname] = data
             todo.append(data)
+    if "ld-linux-x86-64.so.2" not in libs:
+        raise RuntimeError("the tools name no dynamic loader")
     for soname, data in sorted(libs.items()):
-        entries.append(cpio.Entry(f"lib/x86_64-linux-gnu/{soname}", data, 0o755))
-    if "ld-linux-x86-64.so.2" in libs:
-        entries.append(
-            cpio.Entry(
-                "lib64/ld-linux-x86-64.so.2",
-                kind="symlink",
-                target="/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-            )
-        )
+        entries.append(cpio.Entry(f"{_TOOL_DIR}/lib/{soname}", data, 0o755))
     return entries
 
 
