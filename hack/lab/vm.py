@@ -6,9 +6,14 @@
     power on     start QEMU (a powered-off machine has no QEMU process)
     hard off     QMP `quit` (SIGKILL if QEMU does not go)
     soft off     QMP `system_powerdown` (ACPI power button: the guest decides; the deploy ramdisk ignores it)
-    cycle/reset  HMP `boot_set` with the current boot device, then QMP `system_reset`
-    boot device  network -> `-boot order=n`, disk -> `order=c`, default -> `order=cn`; applied at the
-                 next start, and with `boot_set` to a running machine (SeaBIOS reads it at reset)
+    cycle/reset  QMP `system_reset` when the boot device is the one QEMU started with; otherwise a real
+                 off/on cycle (quit, start), which is what IPMI's "chassis power cycle" is
+    boot device  `bootindex` on the NIC and the disks: network -> NIC first, then the boot disk; disk
+                 (and default) -> the boot disk first, then the NIC. Applied at the next start or cycle.
+
+Why bootindex rather than `-boot order=c`: SeaBIOS boots the *first* hard disk for `c`, and the lab's boot
+disk is deliberately not the first (the root device is chosen by hints, not by position). A real server's
+firmware has the same property: its disk boot order must put the root device first (`VmSpec.boot_disk`).
 
 The machine is a SeaBIOS PC with a virtio NIC whose iPXE ROM (Debian ipxe-qemu) network-boots, and
 virtio-scsi disks with serial numbers, WWNs, models and rotation rates (raw sparse files under the lab
@@ -37,7 +42,6 @@ from lab.machine import BootDevice
 from lab.procs import _die_with_parent
 
 GUEST_BOOT_SERVER = "10.0.2.100"  # where the guest sees the boot server (a QEMU guestfwd)
-_ORDER: dict[BootDevice, str] = {"network": "n", "hd": "c", "default": "cn", "optical": "d", "setup": "c"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class VmSpec:
     nic_speed_mbps: int = 25000
     accel: str = "tcg"
     boot_path: str = "/boot.ipxe"
+    boot_disk: str = "os"  # the disk the firmware boots from (its disk boot order puts it first)
     extra_args: tuple[str, ...] = field(default=())
 
 
@@ -89,6 +94,7 @@ class QemuMachine:
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._boot: BootDevice = "default"
+        self._started_with: BootDevice = "default"
         self.boot_count = 0
         self.actions: list[tuple[float, str]] = []  # (monotonic time, action): what the BMC did, in order
         for disk in spec.disks:
@@ -147,13 +153,17 @@ class QemuMachine:
             if not self.is_powered_on():
                 self._start()
                 return
-            try:
-                self.hmp(f"boot_set {_ORDER[self._boot]}")
-                self.qmp("system_reset")
-                self.boot_count += 1
-            except (QmpError, OSError):
-                self._stop()
-                self._start()
+            if self._boot == self._started_with:
+                try:
+                    self.qmp("system_reset")
+                    self.boot_count += 1
+                    with self.console_log.open("a") as c:
+                        c.write(f"\n=== capbm lab: reset ({self._boot}) at {time.time():.3f} ===\n")
+                    return
+                except (QmpError, OSError):
+                    pass
+            self._stop()
+            self._start()
 
     def get_boot_device(self) -> BootDevice:
         with self._lock:
@@ -163,14 +173,14 @@ class QemuMachine:
         with self._lock:
             self._note(f"bootdev {device}")
             self._boot = device
-            if self.is_powered_on():
-                with contextlib.suppress(QmpError, OSError):
-                    self.hmp(f"boot_set {_ORDER[device]}")
 
     # -- QEMU ------------------------------------------------------------------------------------------
 
     def argv(self) -> list[str]:
         s = self.spec
+        network_first = self._boot == "network"
+        net_index = 1 if network_first else 9
+        disk_index = {s.boot_disk: 2 if network_first else 1}
         nc = shutil.which("busybox") or "busybox"
         netdev = (
             "user,id=n0,restrict=on,ipv6=off,net=10.0.2.0/24"
@@ -189,9 +199,9 @@ class QemuMachine:
             "-chardev", f"file,id=ser0,path={self.console_log},append=on",
             "-serial", "chardev:ser0",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-boot", f"order={_ORDER[self._boot]}",
             "-netdev", netdev,
-            "-device", f"virtio-net-pci,netdev=n0,mac={s.mac},addr=0x3,speed={s.nic_speed_mbps},duplex=full",
+            "-device", f"virtio-net-pci,netdev=n0,mac={s.mac},addr=0x3,speed={s.nic_speed_mbps},duplex=full"
+            f",bootindex={net_index}",
             "-device", "virtio-scsi-pci,id=scsi0,addr=0x4",
         ]  # fmt: skip
         for i, d in enumerate(s.disks):
@@ -200,11 +210,13 @@ class QemuMachine:
                 "-device",
                 f"scsi-hd,bus=scsi0.0,channel=0,scsi-id={d.scsi_id},lun=0,drive=d{i},serial={d.serial}"
                 f",wwn={d.wwn},vendor={d.vendor},product={d.model}"
-                f",rotation_rate={7200 if d.rotational else 1}",
+                f",rotation_rate={7200 if d.rotational else 1}"
+                + (f",bootindex={disk_index[d.name]}" if d.name in disk_index else ""),
             ]  # fmt: skip
         return argv + list(s.extra_args)
 
     def _start(self) -> None:
+        self._started_with = self._boot
         self.qmp_path.unlink(missing_ok=True)
         log = (self.dir / "qemu.log").open("ab")
         with self.console_log.open("a") as c:

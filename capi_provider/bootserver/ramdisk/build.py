@@ -65,6 +65,7 @@ MODULES = (
     "vfat",
     "nls_cp437",
     "nls_utf8",
+    "nls_ascii",  # vfat's default iocharset in Debian's kernel
 )
 
 

@@ -29,7 +29,7 @@ from capi_provider.bootserver.ramdisk import build as rd
 HERE = Path(__file__).resolve().parent
 IMAGE_MIB = 64
 PART_START = 2048  # sectors: 1 MiB
-MODULES = ("virtio_pci", "virtio_scsi", "virtio_blk", "sd_mod", "vfat", "nls_cp437", "nls_utf8")
+MODULES = ("virtio_pci", "virtio_scsi", "virtio_blk", "sd_mod", "vfat", "nls_cp437", "nls_utf8", "nls_ascii")
 SYSLINUX_CFG = """DEFAULT smallos
 PROMPT 0
 TIMEOUT 0
