@@ -339,6 +339,7 @@ class BootServer:
             queued.image = cached
             if queued.status == "queued":
                 queued.status = "ready"
+                self._resolve(host, boot, queued)
             host.cond.notify_all()
 
     def _emit(self, host: _Host, event: Event) -> None:
@@ -354,6 +355,7 @@ class BootServer:
     # -- boot endpoints --------------------------------------------------------------------------------
 
     async def _chain(self, request: web.Request) -> web.Response:
+        LOG.debug("chain script served")
         return web.Response(text=ipxe.chain_script(self.public_url))
 
     async def _host_script(self, request: web.Request) -> web.Response:
@@ -426,6 +428,9 @@ class BootServer:
         }
         async with host.cond:
             boot.hardware = inventory.hardware(report)
+            for queued in boot.jobs:
+                if queued.status == "ready":
+                    self._resolve(host, boot, queued)
             if not any(isinstance(e, AgentUp) and e.boot_id == boot.id for e in host.events):
                 self._emit(
                     host, AgentUp(host.mac, boot.id, "", self.clock(), hello.get("kernel", ""), boot.hardware)
@@ -481,31 +486,10 @@ class BootServer:
         if isinstance(job, Clean):
             return [*lines, ("mode", job.mode)]
         assert isinstance(job, Provision) and queued.image is not None
-        disks = boot.hardware.disks if boot.hardware else ()
-        try:
-            disk = choose_root_device(job.hints, disks)
-        except RootDeviceError as exc:
-            return self._fail_early(host, boot, queued, "resolve", exc.reason, exc.message)
-        if not disk.by_path:
-            return self._fail_early(
-                host,
-                boot,
-                queued,
-                "resolve",
-                "RootDeviceNotAddressable",
-                f"{describe(disk)} has no by-path name the agent can find it by",
-            )
-        if queued.image.size + CONFIG_DRIVE_BYTES + (1 << 20) > disk.size_bytes:
-            return self._fail_early(
-                host,
-                boot,
-                queued,
-                "resolve",
-                "ImageTooLarge",
-                f"the image ({queued.image.size} bytes) and the 32 MiB config drive do not fit on "
-                + describe(disk),
-            )
-        queued.disk = disk
+        if not self._resolve(host, boot, queued):
+            return None
+        disk = queued.disk
+        assert disk is not None
         c = queued.image.checksum
         return [
             *lines,
@@ -516,6 +500,31 @@ class BootServer:
             ("disk_serial", disk.serial),
             ("seed_files", " ".join(job.seed)),
         ]
+
+    def _resolve(self, host: _Host, boot: _Boot, queued: _Job) -> bool:
+        """Choose the root disk of a provision job once its image and the host's inventory are known;
+        fail the job (before any agent sees it) when no disk fits. False: the job failed."""
+        job = queued.job
+        if not isinstance(job, Provision) or queued.image is None or boot.hardware is None:
+            return True
+        try:
+            disk = choose_root_device(job.hints, boot.hardware.disks)
+        except RootDeviceError as exc:
+            self._fail_early(host, boot, queued, "resolve", exc.reason, exc.message)
+            return False
+        if not disk.by_path:
+            message = f"{describe(disk)} has no by-path name the agent can find it by"
+            self._fail_early(host, boot, queued, "resolve", "RootDeviceNotAddressable", message)
+            return False
+        if queued.image.size + CONFIG_DRIVE_BYTES + (1 << 20) > disk.size_bytes:
+            message = (
+                f"the image ({queued.image.size} bytes) and the 32 MiB config drive do not fit on "
+                + describe(disk)
+            )
+            self._fail_early(host, boot, queued, "resolve", "ImageTooLarge", message)
+            return False
+        queued.disk = disk
+        return True
 
     def _fail_early(
         self, host: _Host, boot: _Boot, queued: _Job, step: str, reason: str, message: str
