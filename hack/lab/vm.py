@@ -25,6 +25,7 @@ The serial console goes to `console.log` (appended across boots).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -41,7 +42,13 @@ from typing import Any
 from lab.machine import BootDevice
 from lab.procs import _die_with_parent
 
-GUEST_BOOT_SERVER = "10.0.2.100"  # where the guest sees the boot server (a QEMU guestfwd)
+GUEST_BOOT_SERVER = "10.0.2.100"
+# QEMU gets PR_SET_PDEATHSIG so it dies with the lab; that signal fires when the *thread* that forked it
+# ends, and BMC requests arrive on short-lived threads (werkzeug's Redfish server), so every QEMU is
+# forked from this one long-lived thread.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="qemu-spawner"
+)  # where the guest sees the boot server (a QEMU guestfwd)
 
 
 @dataclass(frozen=True)
@@ -221,14 +228,21 @@ class QemuMachine:
         log = (self.dir / "qemu.log").open("ab")
         with self.console_log.open("a") as c:
             c.write(f"\n=== capbm lab: power on ({self._boot}) at {time.time():.3f} ===\n")
-        self._proc = subprocess.Popen(
-            self.argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
+        argv = self.argv()
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+
+        try:
+            self._proc = _SPAWNER.submit(spawn).result(30)
+        finally:
+            log.close()
         self.boot_count += 1
 
     def _stop(self) -> None:
