@@ -22,15 +22,20 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## Python virtualenv with the provider and lab dependencies
 
 .PHONY: system-deps
-system-deps: ## Debian packages the lab needs (ipmitool, freeipmi-tools, openssh-server)
+system-deps: ## Debian packages the lab needs (ipmitool, freeipmi, sshd, QEMU + iPXE, dnsmasq, image tools)
 	@hack/install-system-deps.sh
 
 .PHONY: tools
 tools: ## build etcd, Kubernetes, Cluster API, KWOK, cluster-autoscaler from source (cached)
 	@hack/build-tools.sh
 
+.PHONY: images
+images: venv system-deps ## the deploy ramdisk (kernel + busybox initramfs + agent) and the lab's small OS image (cached)
+	@$(PY) -m capi_provider.bootserver.ramdisk.build
+	@PYTHONPATH=hack:. $(PY) -m lab.smallos.build
+
 .PHONY: deps
-deps: venv system-deps tools
+deps: venv system-deps tools images
 
 .PHONY: test
 test: deps ## everything needed, then the whole default suite (unit, lab, cluster, e2e)
@@ -39,6 +44,10 @@ test: deps ## everything needed, then the whole default suite (unit, lab, cluste
 .PHONY: test-unit
 test-unit: venv ## pure-logic tests only (no cluster)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-imaging
+test-imaging: venv system-deps images ## image provisioning only: boot server, ramdisk agent, network-booting QEMU VMs
+	$(VENV)/bin/pytest -m imaging tests/unit/test_bootserver_decisions.py tests/imaging $(PYTEST_ARGS)
 
 .PHONY: test-slow
 test-slow: deps ## the long e2e/scale tests left out of the default run

@@ -16,6 +16,8 @@ from capi_provider.bootserver.checksum import Checksum, parse_checksum
 from capi_provider.bootserver.hints import GIB, RootDeviceError, choose_root_device
 from capi_provider.bootserver.model import Disk, RootDeviceHints, Seed
 
+pytestmark = pytest.mark.imaging
+
 SSD = Disk("sda", 480 * GIB, False, serial="S1", wwn="0x5000c500aa", model="Samsung PM893", vendor="ATA",
            by_path="pci-0000:00:1f.2-ata-1")  # fmt: skip
 HDD = Disk("sdb", 4000 * GIB, True, serial="H1", wwn="0x5000c500bb", model="ST4000NM", vendor="SEAGATE",
@@ -285,3 +287,25 @@ def test_modinfo_reads_depends() -> None:
     assert kmods.modinfo(ko, "depends") == "virtio_ring,virtio"
     assert kmods.modinfo(ko, "alias") is None
     assert kmods.canonical("dmi-sysfs") == "dmi_sysfs"
+
+
+# -- proxy-DHCP --------------------------------------------------------------------------------------
+
+
+def test_proxy_dhcp_config_leases_nothing_and_chains_pxe_roms_to_ipxe(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from capi_provider.bootserver.dhcp import ProxyDhcp, proxy_config
+
+    conf = proxy_config(ProxyDhcp("192.168.10.7/24", tmp_path, "eth1"))
+    assert "dhcp-range=192.168.10.0,proxy,255.255.255.0" in conf  # proxy: no address pool
+    assert "port=0" in conf  # no DNS
+    assert 'pxe-service=tag:!ipxe,x86PC,"iPXE",undionly.kpxe' in conf
+    assert 'pxe-service=tag:ipxe,x86PC,"capi-provider-baremetal",boot.ipxe' in conf
+    assert "interface=eth1" in conf and f"tftp-root={tmp_path}" in conf
+    for bad in (
+        ProxyDhcp("fd00::/64", tmp_path),
+        ProxyDhcp("192.168.10.0/24", tmp_path, "eth1\nport=53"),
+        ProxyDhcp("192.168.10.0/24", tmp_path.relative_to(tmp_path.anchor)),
+        ProxyDhcp("not-a-subnet", tmp_path),
+    ):
+        with pytest.raises(ValueError):
+            proxy_config(bad)
