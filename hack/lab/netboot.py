@@ -55,7 +55,9 @@ class NetbootLab:
     ):
         self.workdir = workdir
         self.ramdisk = ramdisk_build.ensure()
-        self.accel = probe_accelerator(self.ramdisk.kernel, self.ramdisk.initramfs, workdir)
+        self.accel = probe_accelerator(
+            self.ramdisk.kernel, self.ramdisk.initramfs, ramdisk_build.cache_root()
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="boot-server", daemon=True)
         self._thread.start()

@@ -304,20 +304,24 @@ class QemuMachine:
         return str(self.qmp("human-monitor-command", **{"command-line": command}) or "")
 
 
-def probe_accelerator(kernel: Path, initramfs: Path, workdir: Path, timeout: float = 30.0) -> str:
-    """ "kvm" if a Linux guest boots under KVM here, else "tcg" (nested KVM hangs after decompression on
-    this kind of machine). The ramdisk's init powers off at once with `capbm.probe=1`. Cached per boot of
-    this machine; CAPBM_LAB_ACCEL=kvm|tcg skips the probe."""
+def probe_accelerator(kernel: Path, initramfs: Path, cache_dir: Path, timeout: float = 30.0) -> str:
+    """Which accelerator lab machines use: "kvm" if a Linux guest boots under KVM here, else "tcg".
+
+    Nested KVM hangs after kernel decompression on this kind of machine, so a failed probe costs its whole
+    timeout. The ramdisk's init powers off at once with `capbm.probe=1`. Cached in `cache_dir` (the tool
+    cache, not a lab dir: each test session would pay the timeout again) per boot of this machine;
+    CAPBM_LAB_ACCEL=kvm|tcg skips the probe.
+    """
     forced = os.environ.get("CAPBM_LAB_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    cache = workdir / f"accel-probe-{boot_id}"
+    cache = cache_dir / f"accel-probe-{boot_id}"
     if cache.exists():
         return cache.read_text().strip()
-    workdir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         "qemu-system-x86_64", "-machine", "pc,accel=kvm", "-m", "256", "-nodefaults", "-no-user-config",
         "-display", "none", "-serial", "stdio", "-kernel", str(kernel), "-initrd", str(initramfs),
