@@ -10,6 +10,7 @@ command -v ipmitool >/dev/null || need+=(ipmitool)
 command -v ipmi-power >/dev/null || need+=(freeipmi-tools)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v busybox >/dev/null || need+=(busybox-static) # the lab VMs' guestfwd runs `busybox nc`
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 [ -e /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)

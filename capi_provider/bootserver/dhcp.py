@@ -75,9 +75,27 @@ def prepare_tftp_root(root: Path, public_url: str) -> None:
 class DnsmasqProxy:
     """dnsmasq with `proxy_config`, as a child process (needs CAP_NET_ADMIN/NET_RAW and port 67 and 69)."""
 
-    def __init__(self, p: ProxyDhcp, public_url: str, workdir: Path, binary: str = "dnsmasq") -> None:
-        self.p, self.public_url, self.workdir, self.binary = p, public_url, workdir, binary
+    def __init__(
+        self,
+        p: ProxyDhcp,
+        public_url: str,
+        workdir: Path,
+        binary: str = "dnsmasq",
+        wrapper: tuple[str, ...] = (),
+    ) -> None:
+        """`wrapper`: a command prefix, e.g. ("ip", "netns", "exec", "<ns>") to serve another network."""
+        self.p, self.public_url, self.workdir, self.binary, self.wrapper = (
+            p,
+            public_url,
+            workdir,
+            binary,
+            wrapper,
+        )
         self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "dnsmasq.log"
 
     @property
     def conf(self) -> Path:
@@ -88,9 +106,10 @@ class DnsmasqProxy:
         prepare_tftp_root(self.p.tftp_root, self.public_url)
         self.conf.write_text(proxy_config(self.p))
         self.proc = await asyncio.create_subprocess_exec(
+            *self.wrapper,
             self.binary, "--keep-in-foreground", "--no-daemon", f"--conf-file={self.conf}",
             "--pid-file=", "--log-facility=-",
-            stdout=asyncio.subprocess.DEVNULL, stderr=(self.workdir / "dnsmasq.log").open("ab"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=self.log.open("ab"),
         )  # fmt: skip
 
     async def stop(self) -> None:
