@@ -61,6 +61,10 @@ demo: deps release-manifests ## the whole story in the local lab: 5 servers, a c
 bench: deps ## speed and memory targets, measured in one run (about 15 minutes)
 	PYTHONPATH=hack:. $(PY) hack/bench.py $(BENCH_ARGS)
 
+.PHONY: bench-imaging
+bench-imaging: venv system-deps images ## per-step times of image provisioning in the network-boot lab (about 2 minutes)
+	PYTHONPATH=hack:. $(PY) hack/bench_imaging.py $(BENCH_ARGS)
+
 .PHONY: lab-up
 lab-up: deps ## start the lab in the background (HOSTS=n); kubeconfig in .lab/kubeconfig
 	PYTHONPATH=hack:. $(PY) -m lab up --dir .lab --hosts $(HOSTS)

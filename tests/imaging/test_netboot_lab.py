@@ -187,6 +187,18 @@ def test_pxe_boot_through_ipmi_and_the_inspection_matches_the_vm(
     assert [(n.mac, n.speed_mbps, n.link) for n in hw.nics] == [(spec.mac, spec.nic_speed_mbps, True)]
     assert up.hardware == hw  # the inventory sent at hello is the same facts
 
+    # Soft off is an ACPI power-button press (QMP system_powerdown), not a hard off: the deploy ramdisk,
+    # like any OS without an ACPI daemon, ignores it and keeps working.
+    subprocess.run(
+        ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(vm.bmc_port), "-U", vm.username,
+         "-P", vm.password, "chassis", "power", "soft"],
+        capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert "power soft" in vm.bmc.actions and any(a == "power soft" for _, a in vm.vm.actions)
+    again = nlab.call(nlab.server.submit(vm.mac, Inspect()))
+    assert nlab.call(nlab.server.wait_for(again, Inspected, JOB_TIMEOUT)).hardware.disks == hw.disks
+    assert ipmitool_power(vm) == "on"
+
 
 # -- (c) bad checksum: refused before any write; corrupted transfer: caught by the read-back ------------
 
