@@ -47,6 +47,7 @@ from capi_provider.bootserver import (
 from capi_provider.bootserver.images import CachedImage
 from tests.imaging.conftest import _WORKDIRS, record
 
+pytestmark = pytest.mark.timeout(1800)  # per test; the waits below are bounded on their own
 BOOT_TIMEOUT = 420  # power on -> agent up, under TCG on a loaded 2-core machine (measured ~30 s idle)
 JOB_TIMEOUT = 600
 

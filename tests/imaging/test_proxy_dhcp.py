@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lab.procs import _die_with_parent
 
 from capi_provider.bootserver.dhcp import DnsmasqProxy, ProxyDhcp, prepare_tftp_root, proxy_config
 
@@ -81,13 +82,14 @@ def test_a_pxe_client_gets_its_address_from_the_rack_and_the_chain_script_from_t
          f"--interface={pxe_lan}R0", "--bind-interfaces",
          "--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,1h",
          f"--dhcp-leasefile={work / 'leases'}", "--log-dhcp", "--log-facility=-", "--pid-file="],
-        stdout=subprocess.DEVNULL, stderr=rack_log.open("wb"),
+        stdout=subprocess.DEVNULL, stderr=rack_log.open("wb"), preexec_fn=_die_with_parent,
     )  # fmt: skip
     proxy = DnsmasqProxy(
         ProxyDhcp("10.99.0.0/24", work / "tftp", interface=f"{pxe_lan}B0"),
         "http://10.99.0.2:8080",
         work,
-        wrapper=("ip", "netns", "exec", pxe_lan + "B"),
+        # setpriv: the proxy dies with this process even if the test is killed
+        wrapper=("setpriv", "--pdeathsig", "KILL", "ip", "netns", "exec", pxe_lan + "B"),
     )
     mac = "52:54:00:99:00:07"
     vm: subprocess.Popen[bytes] | None = None
@@ -101,6 +103,7 @@ def test_a_pxe_client_gets_its_address_from_the_rack_and_the_chain_script_from_t
              "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
              "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and "boot.ipxe" not in proxy.log.read_text(errors="replace"):
