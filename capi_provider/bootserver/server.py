@@ -297,9 +297,18 @@ class BootServer:
         return host
 
     def _revoke(self, host: _Host) -> None:
+        """End the host's current boot (caller holds host.cond): its token and nonce stop working, and
+        whoever waits for one of its unfinished jobs gets AgentFailed(BootCancelled) at once."""
         boot = host.boot
         if boot is None:
             return
+        for queued in boot.all_jobs.values():
+            if queued.status not in ("done", "failed"):
+                queued.status = "failed"
+                message = "the network boot was cancelled or replaced by a newer one before the job finished"
+                self._emit(
+                    host, Failed(host.mac, boot.id, queued.id, self.clock(), "boot", "BootCancelled", message)
+                )
         boot.revoked = True
         boot.token = boot.nonce = None
         for grants, key in ((self._nonces, boot.nonce_digest), (self._tokens, boot.token_digest)):

@@ -28,6 +28,7 @@ from capi_provider.bootserver import (
     Cleaned,
     ImageSpec,
     Inspect,
+    Inspected,
     NoAgent,
     Provision,
     Provisioned,
@@ -231,12 +232,16 @@ def test_tokens_expire_and_a_new_boot_revokes_the_old_one(tmp_path: Path) -> Non
             await server.expect(MAC_A, Inspect())
             clock.now += 601
             assert b"exit 1" in (await a.get(f"/ipxe/{MAC_A}"))[1]
-            # Re-arming revokes the previous boot's token at once.
-            await server.expect(MAC_A, Inspect())
+            # Re-arming revokes the previous boot's token at once, and its waiters learn why.
+            replaced = await server.expect(MAC_A, Inspect())
             await a.netboot()
             old = a.token
+            waiter = asyncio.ensure_future(server.wait_for(replaced, Inspected, 30))
             await server.expect(MAC_A, Inspect())
             assert (await a.get("/v1/agent/next", old))[0] == 401
+            with pytest.raises(AgentFailed) as err:
+                await waiter
+            assert err.value.reason == "BootCancelled"
 
     run(body())
 
