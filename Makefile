@@ -33,6 +33,7 @@ tools: ## build etcd, Kubernetes, Cluster API, KWOK, cluster-autoscaler from sou
 images: venv system-deps ## the deploy ramdisk (kernel + busybox initramfs + agent) and the lab's small OS image (cached)
 	@$(PY) -m capi_provider.bootserver.ramdisk.build
 	@PYTHONPATH=hack:. $(PY) -m lab.smallos.build
+	@PYTHONPATH=hack:. $(PY) -m lab.smallos.build --label gpt
 
 .PHONY: deps
 deps: venv system-deps tools images

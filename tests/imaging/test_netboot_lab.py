@@ -293,6 +293,14 @@ def test_provision_then_boot_from_disk_consumes_the_seed(
     assert table[1]["start"] * 512 + table[1]["size"] * 512 <= os_disk.size_mib << 20
 
     # The controller's part: boot from disk through the BMC, then watch the machine consume its seed.
+    booted, consumed = boot_disk_until_seed_consumed(vm, iid)
+    record("power cycle -> small OS running (s)", booted)
+    record("power cycle -> seed consumed (s)", consumed)
+
+
+def boot_disk_until_seed_consumed(vm: NetbootMachine, iid: str) -> tuple[float, float]:
+    """BMC: boot device disk, power cycle; the small OS must report the seed's instance-id and run its
+    user-data. Returns (seconds to the OS running, seconds to the seed consumed)."""
     drv = bmc(vm)
     drv.set_boot_device(BootDevice.DISK)
     mark = len(vm.vm.console())
@@ -307,12 +315,33 @@ def test_provision_then_boot_from_disk_consumes_the_seed(
         if "CAPBM-USERDATA exit=" in text:
             break
         time.sleep(0.5)
+    consumed = time.monotonic() - t1
     text = vm.vm.console()[mark:]
     assert f"CAPBM-SEED instance-id={iid} local-hostname=vm-a" in text, text[-2000:]
     assert f"user-data ran for {iid}" in text and "CAPBM-USERDATA exit=0" in text
     assert "capbm-init: deploy ramdisk" not in text  # it booted the disk, not the network
-    record("power cycle -> small OS running (s)", (seen_boot or time.monotonic()) - t1)
-    record("power cycle -> seed consumed (s)", time.monotonic() - t1)
+    return (seen_boot or time.monotonic()) - t1, consumed
+
+
+def test_a_gpt_image_gets_its_config_drive_after_the_moved_backup_header_and_boots(
+    nlab: NetbootLab, vm: NetbootMachine
+) -> None:
+    gpt = build_smallos(label="gpt")
+    agent(nlab, vm)
+    iid = f"i-{uuid.uuid4().hex[:10]}"
+    ticket = nlab.call(nlab.server.submit(vm.mac, provision_job(gpt, iid)))
+    nlab.call(nlab.server.wait_for(ticket, Provisioned, JOB_TIMEOUT))
+    os_img = vm.vm.disk_path("os")
+    # The image's backup GPT sat at 64 MiB; the agent moved it to the disk's end, then appended cidata:
+    # util-linux finds a consistent GPT (both headers, CRCs) with the cidata partition last.
+    verify = subprocess.run(["sfdisk", "--verify", str(os_img)], capture_output=True, text=True, check=False)
+    assert verify.returncode == 0 and "No errors detected" in verify.stdout, verify.stdout + verify.stderr
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(os_img)], capture_output=True, text=True).stdout)
+    assert table["partitiontable"]["label"] == "gpt"
+    parts = table["partitiontable"]["partitions"]
+    assert len(parts) == 2 and parts[1]["start"] > parts[0]["start"] + parts[0]["size"]
+    assert "LABEL=CIDATA" in probe(os_img, parts[1]["start"] * 512).stdout
+    boot_disk_until_seed_consumed(vm, iid)
 
 
 # -- (e) cleaning, checked from outside ----------------------------------------------------------------

@@ -74,7 +74,12 @@ def _regular_file(path: Path) -> Path:
     return path
 
 
-def ensure(cache: str | None = None, *, force: bool = False) -> SmallOs:
+def ensure(cache: str | None = None, *, force: bool = False, label: str = "dos") -> SmallOs:
+    """The small OS image with an MBR (`dos`) or a GPT (`gpt`: the partition is marked legacy-BIOS-bootable
+    and syslinux's gptmbr.bin boots it, as cloud images that boot under BIOS do)."""
+    if label not in ("dos", "gpt"):
+        raise ValueError("label is dos or gpt")
+    mbr_bin = MBR_BIN if label == "dos" else MBR_BIN.with_name("gptmbr.bin")
     root = rd.cache_root(cache)
     kpkg = rd.kernel_package()
     debs = rd.resolve([kpkg, "busybox-static"])
@@ -92,8 +97,9 @@ def ensure(cache: str | None = None, *, force: bool = False) -> SmallOs:
         "init": hashlib.sha256((HERE / "init").read_bytes()).hexdigest(),
         "build": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
         "syslinux_cfg": SYSLINUX_CFG,
-        "mbr": hashlib.sha256(MBR_BIN.read_bytes()).hexdigest(),
+        "mbr": hashlib.sha256(mbr_bin.read_bytes()).hexdigest(),
         "image_mib": IMAGE_MIB,
+        "label": label,
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     out = root / "smallos" / key
@@ -137,28 +143,37 @@ def ensure(cache: str | None = None, *, force: bool = False) -> SmallOs:
         with image.open("wb") as f:
             f.truncate(IMAGE_MIB << 20)
         sectors = (IMAGE_MIB << 20) // 512 - PART_START
+        part_sectors = sectors if label == "dos" else sectors - 40  # GPT: room for the backup header
         log("partitioning, formatting and installing syslinux into the image file")
         subprocess.run(
             [tools["sfdisk"], "-q", str(_regular_file(image))],
-            input=f"label: dos\nstart={PART_START}, size={sectors}, type=c, bootable\n",
+            input=f"label: {label}\nstart={PART_START}, size={part_sectors}, "
+            + ("type=c, bootable\n" if label == "dos" else "type=L, attrs=LegacyBIOSBootable\n"),
             text=True,
             check=True,
             capture_output=True,
         )
         offset = PART_START * 512
         _run(tools["mkfs.fat"], "-n", "SMALLOS", "--offset", str(PART_START), "-h", str(PART_START),
-             _regular_file(image), str(sectors // 2))  # fmt: skip
+             _regular_file(image), str(part_sectors // 2))  # fmt: skip
         _run(tools["syslinux"], "--install", "--offset", str(offset), _regular_file(image))
         for name in ("vmlinuz", "initrd.gz", "syslinux.cfg"):
             _run(tools["mcopy"], "-o", "-i", f"{image}@@{offset}", files / name, f"::/{name}")
         with _regular_file(image).open("r+b") as f:
-            f.write(MBR_BIN.read_bytes()[:440])
+            f.write(mbr_bin.read_bytes()[:440])
         digest = hashlib.sha256(image.read_bytes()).hexdigest()
         staging = out.with_name(out.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         image.rename(staging / "disk.img")
-        manifest = {"key": key, "sha256": digest, "size": IMAGE_MIB << 20, "modules": order, "recipe": recipe}
+        manifest = {
+            "key": key,
+            "label": label,
+            "sha256": digest,
+            "size": IMAGE_MIB << 20,
+            "modules": order,
+            "recipe": recipe,
+        }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
@@ -171,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache")
     p.add_argument("--force", action="store_true")
     p.add_argument("--print-path", action="store_true")
+    p.add_argument("--label", choices=("dos", "gpt"), default="dos")
     args = p.parse_args(argv)
-    built = ensure(args.cache, force=args.force)
+    built = ensure(args.cache, force=args.force, label=args.label)
     if args.print_path:
         print(built.image)
     return 0
