@@ -3,7 +3,8 @@ and printed (never asserted): power on → iPXE script → agent up → inspecte
 throughput, read-back verify, config drive, power cycle → small OS → seed consumed, and cleaning.
 
 One QEMU machine (TCG unless KVM works here), the provider's boot server, the provider's IPMI driver
-against the lab's virtual BMC. Results also go to <workdir>/bench-imaging.json.
+against the lab's virtual BMC. With --workdir the lab is kept and the results also go to
+<workdir>/bench-imaging.json.
 """
 
 from __future__ import annotations
@@ -129,9 +130,10 @@ def main() -> int:
     print("\nimage provisioning in the lab (one run):")
     for k, v in out.items():
         print(f"  {k:<{width}}  {v:.2f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
-    (workdir / "bench-imaging.json").write_text(json.dumps(out, indent=2) + "\n")
     if cfg.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        (workdir / "bench-imaging.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -2,8 +2,8 @@
 that firmware-boot the real deploy ramdisk). Everything here carries the `imaging` marker: it runs in the
 default suite and can be selected with `pytest -m imaging` (or `make test-imaging`).
 
-Timings measured by the lab tests are printed at the end of the run (terminal summary) and written to
-`<lab dir>/imaging-measurements.json`.
+Timings measured by the lab tests are printed at the end of the run (terminal summary) and, when the lab
+dir is kept (a test failed), written to `<lab dir>/imaging-measurements.json`.
 """
 
 from __future__ import annotations
@@ -35,4 +35,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
     for name, value in MEASUREMENTS.items():
         terminalreporter.write_line(f"  {name:<48} {value}")
     for d in _WORKDIRS:
-        (d / "imaging-measurements.json").write_text(json.dumps(MEASUREMENTS, indent=2) + "\n")
+        if d.is_dir():
+            (d / "imaging-measurements.json").write_text(json.dumps(MEASUREMENTS, indent=2) + "\n")

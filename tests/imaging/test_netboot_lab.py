@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -67,14 +69,21 @@ class LabBootServer(BootServer):
 
 
 @pytest.fixture(scope="module")
-def nlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetbootLab]:
-    workdir = tmp_path_factory.mktemp("netboot")
+def nlab(request: pytest.FixtureRequest) -> Iterator[NetbootLab]:
+    # Not under pytest's basetemp: on a machine shared with other pytest sessions, each new session
+    # deletes all but the three newest basetemps, disks and console logs included, under a running VM.
+    workdir = Path(tempfile.mkdtemp(prefix="capbm-netboot-"))
     _WORKDIRS.append(workdir)
     lab = NetbootLab(workdir, poll_seconds=10, server_class=LabBootServer)
+    failed = request.session.testsfailed
     try:
         yield lab
     finally:
         lab.stop()
+        if request.session.testsfailed == failed:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"network-boot lab kept for inspection: {workdir}")
 
 
 @pytest.fixture(scope="module")
