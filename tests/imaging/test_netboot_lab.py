@@ -302,14 +302,18 @@ def test_provision_then_boot_from_disk_consumes_the_seed(
     assert table[1]["start"] * 512 + table[1]["size"] * 512 <= os_disk.size_mib << 20
 
     # The controller's part: boot from disk through the BMC, then watch the machine consume its seed.
-    booted, consumed = boot_disk_until_seed_consumed(vm, iid)
+    booted, consumed = boot_disk_until_seed_consumed(nlab, vm, iid)
     record("power cycle -> small OS running (s)", booted)
     record("power cycle -> seed consumed (s)", consumed)
 
 
-def boot_disk_until_seed_consumed(vm: NetbootMachine, iid: str) -> tuple[float, float]:
+def boot_disk_until_seed_consumed(nlab: NetbootLab, vm: NetbootMachine, iid: str) -> tuple[float, float]:
     """BMC: boot device disk, power cycle; the small OS must report the seed's instance-id and run its
     user-data. Returns (seconds to the OS running, seconds to the seed consumed)."""
+    # The agent's session ends here: the controller revokes it (the server cannot see the machine reboot;
+    # until revoked the agent would look up for another few poll periods).
+    nlab.call(nlab.server.cancel(vm.mac))
+    assert not nlab.server.agent_up(vm.mac)
     drv = bmc(vm)
     drv.set_boot_device(BootDevice.DISK)
     mark = len(vm.vm.console())
@@ -350,7 +354,7 @@ def test_a_gpt_image_gets_its_config_drive_after_the_moved_backup_header_and_boo
     parts = table["partitiontable"]["partitions"]
     assert len(parts) == 2 and parts[1]["start"] > parts[0]["start"] + parts[0]["size"]
     assert "LABEL=CIDATA" in probe(os_img, parts[1]["start"] * 512).stdout
-    boot_disk_until_seed_consumed(vm, iid)
+    boot_disk_until_seed_consumed(nlab, vm, iid)
 
 
 # -- (e) cleaning, checked from outside ----------------------------------------------------------------
