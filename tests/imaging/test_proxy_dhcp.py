@@ -119,8 +119,10 @@ def test_a_pxe_client_gets_its_address_from_the_rack_and_the_chain_script_from_t
         if vm is not None:
             vm.kill()
             vm.wait()
-        loop.run_until_complete(proxy.stop())
-        loop.close()
         rack.terminate()
         rack.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            loop.run_until_complete(proxy.stop())
+        finally:
+            loop.close()
+            shutil.rmtree(work, ignore_errors=True)
