@@ -17,6 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from capi_provider.bootserver import ipxe
 
@@ -101,15 +102,25 @@ class DnsmasqProxy:
     def conf(self) -> Path:
         return self.workdir / "dnsmasq.conf"
 
-    async def start(self) -> None:
+    def _prepare(self) -> BinaryIO:
         self.workdir.mkdir(parents=True, exist_ok=True)
         prepare_tftp_root(self.p.tftp_root, self.public_url)
         self.conf.write_text(proxy_config(self.p))
+        return self.log.open("ab")
+
+    async def start(self) -> None:
+        log = await asyncio.to_thread(self._prepare)  # file I/O stays off the event loop
+        try:
+            await self._spawn(log)
+        finally:
+            log.close()
+
+    async def _spawn(self, log: BinaryIO) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             *self.wrapper,
             self.binary, "--keep-in-foreground", "--no-daemon", f"--conf-file={self.conf}",
             "--pid-file=", "--log-facility=-",
-            stdout=asyncio.subprocess.DEVNULL, stderr=self.log.open("ab"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
 
     async def stop(self) -> None:

@@ -48,8 +48,18 @@ class CachedImage:
 
 
 class ImageCache:
-    def __init__(self, directory: Path, *, timeout: float = 1800.0, read_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        timeout: float = 1800.0,
+        read_timeout: float = 60.0,
+        allow_file_urls: bool = False,
+    ) -> None:
+        """`allow_file_urls`: only for a lab or a trusted operator; image URLs come from users' templates,
+        and a file:// URL would make the boot server read its own files."""
         self.directory = directory
+        self.allow_file_urls = allow_file_urls
         self.timeout = timeout
         self.read_timeout = read_timeout
         self._locks: dict[str, asyncio.Lock] = {}
@@ -88,9 +98,10 @@ class ImageCache:
     def _download(self, url: str, checksum: Checksum, key: str) -> CachedImage:
         self.directory.mkdir(parents=True, exist_ok=True)
         scheme = urllib.parse.urlsplit(url).scheme
-        if scheme not in ("http", "https", "file"):
+        allowed = ("http", "https", "file") if self.allow_file_urls else ("http", "https")
+        if scheme not in allowed:
             raise ImageError(
-                "ImageUnreachable", f"{safe_url(url)}: only http, https and file URLs are supported"
+                "ImageUnreachable", f"{safe_url(url)}: only {', '.join(allowed)} URLs are allowed"
             )
         tmp = self.directory / f"{key}.part.{os.getpid()}"
         hasher = checksum.hasher()

@@ -72,6 +72,7 @@ class BootServerConfig:
     poll_seconds: float = 20.0  # how long the agent's GET /v1/agent/next is held open
     kernel_args: str = "console=tty0 console=ttyS0,115200"
     image_timeout: float = 1800.0
+    allow_file_urls: bool = False  # file:// image URLs (the lab); never for URLs users can set
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,9 @@ class BootServer:
     def __init__(self, config: BootServerConfig, *, images: ImageCache | None = None) -> None:
         self.config = config
         self.public_url = config.public_url.rstrip("/")
-        self.images = images or ImageCache(config.image_dir, timeout=config.image_timeout)
+        self.images = images or ImageCache(
+            config.image_dir, timeout=config.image_timeout, allow_file_urls=config.allow_file_urls
+        )
         self._hosts: dict[str, _Host] = {}
         self._nonces: dict[str, tokens.Grant] = {}
         self._tokens: dict[str, tokens.Grant] = {}

@@ -69,6 +69,7 @@ class NetbootLab:
                 image_dir=workdir / "images",
                 poll_seconds=poll_seconds,
                 kernel_args="console=ttyS0,115200 quiet",
+                allow_file_urls=True,  # the lab serves its cached small OS image as a file URL
             )
         )
         self.call(self.server.start())

@@ -358,6 +358,11 @@ def test_unreachable_images_and_timeouts_say_why_without_secrets(tmp_path: Path)
             assert err.value.reason == "ImageUnreachable"
             assert "127.0.0.1:9/os.raw" in err.value.message
             assert "hunter2" not in err.value.message and "topsecret" not in err.value.message
+            # file:// is off unless configured: a user's template must not make the server read its files.
+            ticket = await server.expect(MAC_A, _provision("file:///etc/hostname", b"x"))
+            with pytest.raises(AgentFailed) as err:
+                await server.wait_for(ticket, Provisioned, 10)
+            assert err.value.reason == "ImageUnreachable" and "only http, https" in err.value.message
             ticket = await server.expect(MAC_B, Inspect())
             with pytest.raises(AgentTimeout) as timeout:
                 await server.wait_for(ticket, AgentUp, 0.2)
