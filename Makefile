@@ -29,15 +29,21 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## Python virtualenv with the provider and lab dependencies
 
 .PHONY: system-deps
-system-deps: ## Debian packages the lab needs (ipmitool, freeipmi-tools, openssh-server)
+system-deps: ## Debian packages the lab needs (ipmitool, freeipmi, sshd, QEMU + iPXE, dnsmasq, image tools)
 	@hack/install-system-deps.sh
 
 .PHONY: tools
 tools: ## build etcd, Kubernetes, Cluster API, KWOK, cluster-autoscaler from source (cached)
 	@hack/build-tools.sh
 
+.PHONY: images
+images: venv system-deps ## the deploy ramdisk (kernel + busybox initramfs + agent) and the lab's small OS image (cached)
+	@$(PY) -m capi_provider.bootserver.ramdisk.build
+	@PYTHONPATH=hack:. $(PY) -m lab.smallos.build
+	@PYTHONPATH=hack:. $(PY) -m lab.smallos.build --label gpt
+
 .PHONY: deps
-deps: venv system-deps tools
+deps: venv system-deps tools images
 
 .PHONY: test
 test: deps ## everything needed, then the whole default suite (unit, lab, cluster, e2e)
@@ -46,6 +52,10 @@ test: deps ## everything needed, then the whole default suite (unit, lab, cluste
 .PHONY: test-unit
 test-unit: venv ## pure-logic tests only (no cluster)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-imaging
+test-imaging: venv system-deps images ## image provisioning only: boot server, ramdisk agent, network-booting QEMU VMs
+	$(VENV)/bin/pytest -m imaging tests/unit/test_bootserver_decisions.py tests/imaging $(PYTEST_ARGS)
 
 .PHONY: test-slow
 test-slow: deps ## the long e2e/scale tests left out of the default run
@@ -58,6 +68,10 @@ demo: deps release-manifests ## the whole story in the local lab: 5 servers, a c
 .PHONY: bench
 bench: deps ## speed and memory targets, measured in one run (about 40 minutes)
 	PYTHONPATH=hack:. $(PY) hack/bench.py $(BENCH_ARGS)
+
+.PHONY: bench-imaging
+bench-imaging: venv system-deps images ## per-step times of image provisioning in the network-boot lab (about 2 minutes)
+	PYTHONPATH=hack:. $(PY) hack/bench_imaging.py $(BENCH_ARGS)
 
 .PHONY: lab-up
 lab-up: deps ## start the lab in the background (HOSTS=n); kubeconfig in .lab/kubeconfig

@@ -214,6 +214,8 @@ class SimSystemsDriver(AbstractSystemsDriver):
         action: Callable[[], None]
         if state in ("On", "ForceOn"):
             action = machine.power_on
+        elif state == "GracefulShutdown" and hasattr(machine, "soft_power_off"):
+            action = machine.soft_power_off  # a real guest (lab.vm.QemuMachine): ACPI power button
         elif state in ("ForceOff", "GracefulShutdown"):
             action = machine.power_off  # no ACPI in a simulated machine: graceful is immediate too
         elif state in ("ForceRestart", "GracefulRestart", "PowerCycle"):

@@ -261,9 +261,14 @@ class VirtualBmc(pyghmi_bmc.Bmc):
         self.machine.power_off()
 
     def power_shutdown(self) -> None:
-        # Soft off: a simulated machine has no ACPI, so the OS "shuts down" at once.
+        # Soft off: a simulated machine has no ACPI, so the OS "shuts down" at once; a machine with a real
+        # guest (lab.vm.QemuMachine) gets an ACPI power-button press and its OS decides.
         self.actions.append("power soft")
-        self.machine.power_off()
+        soft = getattr(self.machine, "soft_power_off", None)
+        if soft is not None:
+            soft()
+        else:
+            self.machine.power_off()
 
     def power_cycle(self) -> int | None:
         # As on real BMCs, cycling or resetting a machine that is off is refused, not turned into "on".
